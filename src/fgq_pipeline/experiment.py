@@ -1,0 +1,108 @@
+"""Objects an experiment is made of, built from its config: data, FP32 model, quant configs.
+
+DVC stages and the Hydra apps both go through these, so one config means one experiment
+whichever way it is run. Relative paths in the config are relative to the project root.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .models import load_weights
+from .quant import QuantConfig
+
+MODEL_KEYS_NOT_FOR_CONSTRUCTOR = ("name", "checkpoint")
+SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the repository of an editable install
+PTQ_AXES = ("group_size", "act_bits", "solver", "bn_reestimate", "bias_correction")
+
+
+def project_root() -> Path:
+    """$FGQ_PROJECT_ROOT, else the nearest directory above the cwd holding dvc.yaml, else this checkout."""
+    if "FGQ_PROJECT_ROOT" in os.environ:
+        return Path(os.environ["FGQ_PROJECT_ROOT"]).resolve()
+    cwd = Path.cwd().resolve()
+    return next((d for d in (cwd, *cwd.parents) if (d / "dvc.yaml").exists()), SOURCE_CHECKOUT)
+
+
+def resolve_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and make torch pick deterministic kernels."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg["root"] = str(resolve_path(data_cfg["root"]))
+    datamodule = instantiate(data_cfg)
+    datamodule.setup()
+    return datamodule
+
+
+def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Module:
+    """The FP32 model from ``cfg.model``, with its checkpoint loaded unless told otherwise."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    checkpoint = model_cfg.get("checkpoint")
+    model = instantiate({k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_FOR_CONSTRUCTOR})
+    if load_checkpoint:
+        if not checkpoint:
+            raise ValueError("model.checkpoint is not set: give the path of the FP32 weights")
+        path = resolve_path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model checkpoint {path} does not exist: run `dvc repro baseline` (or `fgq-train`) "
+                "to train it, or set model.checkpoint=PATH"
+            )
+        load_weights(model, path)
+    return model.eval()
+
+
+def quant_config(cfg: DictConfig, **overrides) -> QuantConfig:
+    """``cfg.quant`` as a validated QuantConfig, with some fields replaced."""
+    fields = {k: v for k, v in OmegaConf.to_container(cfg.quant, resolve=True).items() if k != "_target_"}
+    return QuantConfig(**{**fields, **overrides})
+
+
+def ptq_grid(cfg: DictConfig) -> list[QuantConfig]:
+    """Every combination of the ``ptq`` axes, plus the headline ``quant`` config, without repeats."""
+    axes = [list(cfg.ptq[axis]) for axis in PTQ_AXES]
+    configs = [quant_config(cfg, **dict(zip(PTQ_AXES, values))) for values in itertools.product(*axes)]
+    configs.append(quant_config(cfg))
+    return list(dict.fromkeys(configs))
+
+
+def calibration_batches(datamodule, cfg: DictConfig):
+    return datamodule.calibration_dataloader(
+        num_images=cfg.calibration.num_images, augment=cfg.calibration.augment, seed=cfg.seed
+    )
+
+
+def write_json(path: str | Path, payload) -> Path:
+    """Write JSON atomically (temp file + rename) so a failed run never leaves half a file."""
+    path = resolve_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(handle.name, path)
+    return path
+
+
+def read_json(path: str | Path):
+    path = resolve_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (`dvc repro`)")
+    return json.loads(path.read_text())

@@ -1,0 +1,126 @@
+"""Weight files: safetensors for what we write, plus torch pickles (weights only) for reference
+checkpoints published elsewhere, such as DataParallel-trained CIFAR models.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+SAFETENSORS_SUFFIX = ".safetensors"
+DATA_PARALLEL_PREFIX = "module."
+MISMATCHES_SHOWN = 5
+UNREADABLE_FILE_ERRORS = (
+    SafetensorError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+)
+
+
+def save_weights(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the state_dict as safetensors, atomically, so a crash never leaves a torn file."""
+    path = Path(path)
+    if metadata is not None and not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
+    ):
+        raise ValueError(
+            f"metadata for {path} must map str to str (safetensors stores text only), "
+            f"got {metadata!r}; convert values with str() or json.dumps()"
+        )
+    tensors = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix
+    )
+    os.close(handle)
+    try:
+        save_file(tensors, temp_name, metadata=metadata)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights strictly, naming the file and the offending keys when they do not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or train first")
+    state_dict = _strip_data_parallel_prefix(_read_state_dict(path))
+    _check_fits(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == SAFETENSORS_SUFFIX:
+            loaded = load_file(path, device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE_FILE_ERRORS as error:
+        raise ValueError(
+            f"checkpoint {path} could not be read ({error}); it is corrupt or not a weights file"
+        ) from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
+        raise ValueError(
+            f"checkpoint {path} holds no state_dict (a dict of name -> tensor, "
+            "optionally under a 'state_dict' key)"
+        )
+    return loaded
+
+
+def _strip_data_parallel_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DataParallel saves every key as 'module.<name>'; the bare model expects '<name>'."""
+    return {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
+
+
+def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    problems = [
+        _summarise(label, items)
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", mismatched),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(model).__name__}: " + ", ".join(problems)
+        )
+
+
+def _summarise(label: str, items: list[str]) -> str:
+    """First few items only: a wrong architecture can mismatch hundreds of keys."""
+    hidden = len(items) - MISMATCHES_SHOWN
+    return f"{label} {items[:MISMATCHES_SHOWN]}" + (f" (+{hidden} more)" if hidden > 0 else "")

@@ -1,0 +1,15 @@
+"""The FGQ method as pure tensor code: ternary groups, activation quantizers, surgery, repairs, op counts."""
+
+from .activation import ActQuantizer
+from .config import QuantConfig
+from .modules import QuantConv2d, QuantLinear, WeightFormat
+from .opcount import NetworkOps, count_ops, paper_speedup
+from .repair import calibrate_activations, correct_bias, post_training_quantize, reestimate_batchnorm
+from .surgery import quant_layers, quantize_model
+from .ternary import TernaryWeights, ternarize
+
+__all__ = [
+    "ActQuantizer", "NetworkOps", "QuantConfig", "QuantConv2d", "QuantLinear", "TernaryWeights", "WeightFormat",
+    "calibrate_activations", "correct_bias", "count_ops", "paper_speedup", "post_training_quantize",
+    "quant_layers", "quantize_model", "reestimate_batchnorm", "ternarize",
+]

@@ -1,0 +1,44 @@
+"""One validated configuration of the method: weight groups, activation bits, layer policy, repairs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .activation import validate_act_bits, validate_calibration
+from .ternary import GroupSize, validate_group_size, validate_solver
+
+POLICIES = ("first_last_8bit", "ternarize_all")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What ``quantize_model`` and the post-training repairs do.
+
+    ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
+    as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
+    in float. The two repairs are switches because each must be measured on and off.
+    """
+
+    group_size: GroupSize = 4
+    solver: str = "exact"
+    act_bits: int = 8
+    act_calibration: str = "max"
+    act_percentile: float = 99.99
+    power_of_two_scale: bool = False
+    policy: str = "first_last_8bit"
+    bn_reestimate: bool = True
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        validate_group_size(self.group_size)
+        validate_solver(self.solver)
+        validate_act_bits(self.act_bits)
+        validate_calibration(self.act_calibration, self.act_percentile)
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        for switch in ("power_of_two_scale", "bn_reestimate", "bias_correction"):
+            if not isinstance(getattr(self, switch), bool):
+                raise ValueError(f"{switch} must be true or false, got {getattr(self, switch)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

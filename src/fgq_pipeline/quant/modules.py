@@ -1,0 +1,108 @@
+"""Fake-quant Conv2d / Linear: quantized weights and input activations, float arithmetic.
+
+They compute what the integer path computes (up to float rounding) and keep float shadow weights
+with a straight-through gradient, so the same modules serve evaluation and fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activation import ActQuantizer
+from .ternary import GroupSize, TernaryWeights, ternarize, validate_group_size, validate_solver
+
+WEIGHT_KINDS = ("ternary", "int8", "float")
+INT8_MAX = 127
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How one layer's weights are stored: ternary groups, int8 per output channel, or float."""
+
+    kind: Literal["ternary", "int8", "float"] = "ternary"
+    group_size: GroupSize = 4
+    solver: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.kind not in WEIGHT_KINDS:
+            raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
+        if self.kind == "ternary":
+            validate_group_size(self.group_size)
+            validate_solver(self.solver)
+
+
+def quantize_int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric 8-bit weights with one scale per output channel (dequantized)."""
+    max_abs = weight.detach().abs().flatten(1).amax(dim=1).clamp(min=1e-12)
+    scale = (max_abs / INT8_MAX).view(-1, *([1] * (weight.dim() - 1)))
+    return torch.clamp(torch.round(weight.detach() / scale), -INT8_MAX, INT8_MAX) * scale
+
+
+def quantize_weight(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
+    """Dequantized weights in ``fmt`` with a straight-through gradient to the float weights."""
+    if fmt.kind == "float":
+        return weight
+    if fmt.kind == "int8":
+        quantized = quantize_int8_per_channel(weight)
+    else:
+        quantized = ternarize(weight, fmt.group_size, fmt.solver).dequantize().to(weight.dtype)
+    return weight + (quantized - weight).detach()
+
+
+class _QuantLayer:
+    """Shared state of the fake-quant layers: weight format, input quantizer, output correction."""
+
+    weight: nn.Parameter
+    weight_format: WeightFormat
+    input_quantizer: ActQuantizer
+
+    def _init_quant(self, weight_format: WeightFormat, input_quantizer: ActQuantizer) -> None:
+        self.weight_format = weight_format
+        self.input_quantizer = input_quantizer
+        # Per-output-channel shift added by bias correction; zero until a repair sets it.
+        self.register_buffer("bias_correction", torch.zeros(self.weight.shape[0]))
+
+    def quantized_weight(self) -> torch.Tensor:
+        return quantize_weight(self.weight, self.weight_format)
+
+    def ternary_weights(self) -> TernaryWeights:
+        """Codes and scales of this layer (for export and the integer path)."""
+        if self.weight_format.kind != "ternary":
+            raise ValueError(f"layer weights are {self.weight_format.kind}, not ternary")
+        return ternarize(self.weight, self.weight_format.group_size, self.weight_format.solver)
+
+
+class QuantConv2d(_QuantLayer, nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_format: WeightFormat, input_quantizer: ActQuantizer) -> "QuantConv2d":
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        )
+        layer.load_state_dict(conv.state_dict())
+        layer._init_quant(weight_format, input_quantizer)
+        return layer.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return out + self.bias_correction.view(1, -1, 1, 1)
+
+
+class QuantLinear(_QuantLayer, nn.Linear):
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_format: WeightFormat, input_quantizer: ActQuantizer) -> "QuantLinear":
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        layer.load_state_dict(linear.state_dict())
+        layer._init_quant(weight_format, input_quantizer)
+        return layer.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias) + self.bias_correction
+
+
+QUANT_LAYERS = (QuantConv2d, QuantLinear)

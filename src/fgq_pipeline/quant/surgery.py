@@ -1,0 +1,43 @@
+"""Model surgery: swap every Conv2d / Linear for its fake-quant twin, in place."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .activation import ActQuantizer
+from .config import QuantConfig
+from .modules import QUANT_LAYERS, QuantConv2d, QuantLinear, WeightFormat
+
+
+def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Replace Conv2d/Linear layers of ``model`` by fake-quant layers as ``config`` says.
+
+    The first Conv2d and the last Linear follow ``config.policy``; all others get ternary groups.
+    Input quantizers start uncalibrated (float) until :func:`calibrate_activations` runs.
+    """
+    layers = [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, QUANT_LAYERS)
+    ]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
+    first = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
+    last = next((name for name, m in reversed(layers) if isinstance(m, nn.Linear)), None)
+    ternary = WeightFormat("ternary", config.group_size, config.solver)
+    for name, module in layers:
+        keep_8bit = config.policy == "first_last_8bit" and name in (first, last)
+        fmt = WeightFormat("int8") if keep_8bit else ternary
+        quantizer = ActQuantizer(config.act_bits, config.act_calibration, config.act_percentile, config.power_of_two_scale)
+        swap = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        _set_submodule(model, name, swap.from_float(module, fmt, quantizer))
+    return model
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

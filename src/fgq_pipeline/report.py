@@ -1,0 +1,558 @@
+"""Turn PTQ and fine-tune result records into the tables and plots a reader finds in ``reports/``.
+
+The outputs are committed, so they must be readable without running anything and must not change
+unless the records do: rows are sorted deterministically, floats are written with a fixed format
+and PNGs carry no software-version metadata. Every file is written atomically so a failed run never
+leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+RESULT_COLUMNS = [
+    "model",
+    "dataset",
+    "group_size",
+    "act_bits",
+    "solver",
+    "policy",
+    "bn_reestimate",
+    "bias_correction",
+    "finetuned",
+    "top1",
+    "top5",
+    "fp32_top1",
+    "mult_eliminated",
+    "bits_per_weight",
+    "potential_speedup",
+]
+NAMED_GROUP_SIZES = ("filter", "layer")
+FLOAT_ACTIVATION_BITS = 32
+ALLOWED_ACT_BITS = (*range(2, 9), FLOAT_ACTIVATION_BITS)
+BOOLEAN_COLUMNS = ("bn_reestimate", "bias_correction", "finetuned")
+PANEL_KEYS = ["model", "dataset", "solver", "policy", "bn_reestimate", "bias_correction"]
+BLOCK_KEYS = [*PANEL_KEYS, "finetuned"]
+MAX_PANELS = 4
+CSV_FLOAT_FORMAT = "%.6f"
+PNG_DPI = 120
+MISSING_CELL = "—"
+EFFECTIVE_GROUP_NOTE = (
+    "For layers with fewer input channels than N the effective group is the channel count: "
+    "a group never crosses filters or kernel positions."
+)
+REPORT_FILE_NAMES = (
+    "results.csv",
+    "results.md",
+    "top1_vs_group_size.png",
+    "top1_vs_mult_eliminated.png",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and ordering
+# --------------------------------------------------------------------------------------------
+
+
+def _is_integer(value: object) -> bool:
+    """True for ints (numpy included) but not bools, which Python counts as ints."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_boolean(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _parse_group_size(value: object) -> int | str:
+    """Group size as int or 'filter'/'layer', accepting the text form the frame and CSV use."""
+    if isinstance(value, str) and value in NAMED_GROUP_SIZES:
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 1:
+        return int(value)
+    if _is_integer(value) and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"group_size must be a positive integer, 'filter' or 'layer', got {value!r}")
+
+
+def _group_rank(value: object) -> tuple[int, int]:
+    """Sort key putting integer group sizes in numeric order, then 'filter', then 'layer'."""
+    group_size = _parse_group_size(value)
+    if isinstance(group_size, int):
+        return (0, group_size)
+    return (1 + NAMED_GROUP_SIZES.index(group_size), 0)
+
+
+def _validate_record(index: int, record: object) -> None:
+    """Reject records the tables cannot place, naming the record and the offending value."""
+    if not isinstance(record, dict):
+        raise ValueError(f"record {index} must be a dict, got {type(record).__name__}")
+    for key in RESULT_COLUMNS:
+        if key not in record:
+            raise ValueError(f"record {index} is missing required key {key!r}")
+    try:
+        _parse_group_size(record["group_size"])
+    except ValueError as error:
+        raise ValueError(f"record {index}: {error}") from None
+    act_bits = record["act_bits"]
+    if not _is_integer(act_bits) or int(act_bits) not in ALLOWED_ACT_BITS:
+        raise ValueError(
+            f"record {index}: act_bits must be one of {ALLOWED_ACT_BITS}, got {act_bits!r}"
+        )
+    for key in BOOLEAN_COLUMNS:
+        if not _is_boolean(record[key]):
+            raise ValueError(f"record {index}: {key} must be a bool, got {record[key]!r}")
+
+
+def _record_sort_key(record: dict) -> tuple:
+    """Order of rows in every output: configuration first, then 32/8/4-bit, then group size."""
+    return (
+        record["model"],
+        record["dataset"],
+        bool(record["finetuned"]),
+        record["solver"],
+        record["policy"],
+        bool(record["bn_reestimate"]),
+        bool(record["bias_correction"]),
+        -int(record["act_bits"]),
+        _group_rank(record["group_size"]),
+    )
+
+
+def _extra_columns(records: Sequence[dict]) -> list[str]:
+    """Keys beyond RESULT_COLUMNS in first-seen order, so optional fields survive into the CSV."""
+    seen: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key not in RESULT_COLUMNS:
+                seen.setdefault(key, None)
+    return list(seen)
+
+
+def _is_integer_column(records: Sequence[dict], column: str) -> bool:
+    present = [record[column] for record in records if column in record]
+    return bool(present) and all(_is_integer(value) for value in present)
+
+
+def results_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record, required columns first, sorted so reports are stable across runs.
+
+    ``group_size`` becomes text ("4", "filter") because a column mixing ints and strings cannot
+    round-trip through CSV. Integer-valued extra columns stay integers (with empty cells where a
+    record lacks them) instead of turning into floats.
+    """
+    for index, record in enumerate(records):
+        _validate_record(index, record)
+    ordered = sorted(records, key=_record_sort_key)
+    extras = _extra_columns(ordered)
+    rows = [
+        {**record, "group_size": str(_parse_group_size(record["group_size"]))}
+        for record in ordered
+    ]
+    frame = pd.DataFrame.from_records(rows, columns=[*RESULT_COLUMNS, *extras])
+    frame["act_bits"] = frame["act_bits"].astype("int64")
+    for column in BOOLEAN_COLUMNS:
+        frame[column] = frame[column].astype(bool)
+    for column in extras:
+        if _is_integer_column(ordered, column):
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic file writing
+# --------------------------------------------------------------------------------------------
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the target dir so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+    )
+    os.close(handle)
+    temp_path = Path(temp_name)
+    try:
+        write(temp_path)
+        # mkstemp creates files readable only by the owner; reports are meant to be shared.
+        os.chmod(temp_path, 0o644)
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    _write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8", newline="\n"))
+
+
+def write_results_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """CSV with fixed float formatting and line endings, so equal inputs give equal bytes."""
+    target = Path(path)
+    _write_atomically(
+        target,
+        lambda temp: frame.to_csv(
+            temp, index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n"
+        ),
+    )
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and formatting shared by tables and plots
+# --------------------------------------------------------------------------------------------
+
+
+def _group_row_label(value: object) -> str:
+    group_size = _parse_group_size(value)
+    if isinstance(group_size, int):
+        return f"N={group_size}"
+    return f"per-{group_size}"
+
+
+def _group_tick_label(value: object) -> str:
+    return str(_parse_group_size(value))
+
+
+def _act_bits_label(act_bits: int) -> str:
+    if act_bits == FLOAT_ACTIVATION_BITS:
+        return f"A{act_bits} (float)"
+    return f"A{act_bits}"
+
+
+def _act_bits_descending(rows: pd.DataFrame) -> list[int]:
+    return sorted({int(bits) for bits in rows["act_bits"]}, reverse=True)
+
+
+def _sorted_by_group(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.sort_values("group_size", key=lambda column: column.map(_group_rank), kind="stable")
+
+
+def _percent(fraction: float) -> str:
+    return f"{100.0 * float(fraction):.2f}"
+
+
+def _fp32_top1_percent(rows: pd.DataFrame) -> float:
+    """The block's single FP32 reference; differing values mean records from different baselines."""
+    values = sorted({round(float(value), 6) for value in rows["fp32_top1"]})
+    if len(values) != 1:
+        raise ValueError(f"expected one fp32_top1 per configuration, got {values}")
+    return 100.0 * values[0]
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown tables
+# --------------------------------------------------------------------------------------------
+
+
+def _block_heading(key: tuple) -> str:
+    model, dataset, solver, policy, bn_reestimate, bias_correction, finetuned = key
+    stage = "fine-tuned" if finetuned else "post-training"
+    return (
+        f"### {model} on {dataset}: solver `{solver}`, policy `{policy}`, "
+        f"BN re-estimation {_on_off(bn_reestimate)}, "
+        f"bias correction {_on_off(bias_correction)}, {stage}"
+    )
+
+
+def _cost_cell(rows: pd.DataFrame, column: str, formatter: Callable[[float], str]) -> str:
+    """One value when it does not depend on act_bits, else each value labelled with its act_bits."""
+    by_bits = [(int(row.act_bits), formatter(getattr(row, column))) for row in rows.itertuples()]
+    distinct = {text for _, text in by_bits}
+    if len(distinct) == 1:
+        return distinct.pop()
+    return " / ".join(f"{text} ({_act_bits_label(bits)})" for bits, text in by_bits)
+
+
+def _top1_cell(rows: pd.DataFrame, act_bits: int, context: str) -> str:
+    matching = rows[rows["act_bits"] == act_bits]
+    if len(matching) > 1:
+        raise ValueError(
+            f"{len(matching)} results for {context}, {_act_bits_label(act_bits)}; "
+            "one table cell can show only one"
+        )
+    if matching.empty:
+        return MISSING_CELL
+    return _percent(matching["top1"].iloc[0])
+
+
+def _group_table_row(
+    group_size: str, rows: pd.DataFrame, act_bits_columns: list[int], block: str
+) -> str:
+    rows = rows.sort_values("act_bits", ascending=False, kind="stable")
+    context = f"{_group_row_label(group_size)} in block '{block}'"
+    cells = [
+        _group_row_label(group_size),
+        _cost_cell(rows, "mult_eliminated", lambda value: f"{_percent(value)}%"),
+        _cost_cell(rows, "bits_per_weight", lambda value: f"{float(value):.2f}"),
+        _cost_cell(rows, "potential_speedup", lambda value: f"{float(value):.2f}x"),
+        *(_top1_cell(rows, bits, context) for bits in act_bits_columns),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _block_markdown(key: tuple, rows: pd.DataFrame) -> str:
+    heading = _block_heading(key)
+    act_bits_columns = _act_bits_descending(rows)
+    header = ["group", "mult. eliminated", "bits/weight", "potential speedup"]
+    header += [f"top-1 {_act_bits_label(bits)}" for bits in act_bits_columns]
+    lines = [
+        heading,
+        "",
+        f"FP32 top-1: {_fp32_top1_percent(rows):.2f}%",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    ordered = _sorted_by_group(rows)
+    for group_size, group_rows in ordered.groupby("group_size", sort=False):
+        block = ", ".join(map(str, key))
+        lines.append(_group_table_row(str(group_size), group_rows, act_bits_columns, block))
+    return "\n".join(lines)
+
+
+def paper_table_markdown(frame: pd.DataFrame) -> str:
+    """Paper-style tables, one per configuration block, in the frame's row order.
+
+    Top-1 columns are per activation width so a row reads like the paper's: the cost of a group
+    size next to the accuracy it buys at each precision.
+    """
+    sections = [
+        "Top-1 accuracies are in %. N is the number of input channels sharing one ternary scale; "
+        "per-filter and per-layer use one scale per whole filter or layer.",
+        EFFECTIVE_GROUP_NOTE,
+    ]
+    for key, rows in frame.groupby(BLOCK_KEYS, sort=False):
+        sections.append(_block_markdown(key, rows))
+    return "\n\n".join(sections) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def _act_bits_colors(frame: pd.DataFrame) -> dict[int, str]:
+    """Fixed colour per activation width so panels and plots can be compared at a glance."""
+    return {bits: f"C{index}" for index, bits in enumerate(_act_bits_descending(frame))}
+
+
+def _panel_title(key: tuple) -> str:
+    model, dataset, solver, policy, bn_reestimate, bias_correction = key
+    return (
+        f"{model} on {dataset}\nsolver {solver}, {policy}, "
+        f"BN re-est. {_on_off(bn_reestimate)}, bias corr. {_on_off(bias_correction)}"
+    )
+
+
+def _panels(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    return sorted(frame.groupby(PANEL_KEYS, sort=False), key=lambda item: item[0])
+
+
+def _draw_fp32_line(axes: Axes, rows: pd.DataFrame) -> None:
+    fp32 = _fp32_top1_percent(rows)
+    axes.axhline(fp32, color="black", linestyle="--", linewidth=1.0, label=f"FP32 ({fp32:.2f}%)")
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    """PNG without the software-version tag so the bytes depend only on the data."""
+    _write_atomically(
+        path,
+        lambda temp: figure.savefig(
+            temp, format="png", dpi=PNG_DPI, metadata={"Software": None}
+        ),
+    )
+
+
+def _render_panels(
+    frame: pd.DataFrame,
+    path: Path,
+    title: str,
+    draw_panel: Callable[[Axes, pd.DataFrame], None],
+) -> Path:
+    """Lay out one panel per configuration (at most MAX_PANELS) and save the figure atomically."""
+    panels = _panels(frame)
+    shown = panels[:MAX_PANELS]
+    if len(panels) > MAX_PANELS:
+        title += f"\n(first {MAX_PANELS} of {len(panels)} configurations; all are in results.csv)"
+    columns = 1 if len(shown) == 1 else 2
+    rows = math.ceil(len(shown) / columns)
+    figure = Figure(figsize=(6.4 * columns, 4.8 * rows), layout="constrained")
+    FigureCanvasAgg(figure)  # render with Agg without touching pyplot's global backend
+    all_axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes, (key, panel_rows) in zip(all_axes, shown):
+        draw_panel(axes, panel_rows)
+        axes.set_title(_panel_title(key), fontsize=9)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8, loc="best")
+    for unused_axes in all_axes[len(shown):]:
+        unused_axes.set_visible(False)
+    figure.suptitle(title)
+    _save_figure(figure, path)
+    return path
+
+
+def _rows_to_plot(frame: pd.DataFrame, finetuned_allowed: bool) -> pd.DataFrame:
+    rows = frame if finetuned_allowed else frame[~frame["finetuned"].astype(bool)]
+    if rows.empty:
+        which = "rows" if finetuned_allowed else "rows with finetuned == False"
+        raise ValueError(f"no {which} to plot")
+    return rows
+
+
+def _group_x_positions(frame: pd.DataFrame) -> dict[str, float]:
+    """log2(N) for integer sizes; 'filter' and 'layer' as extra slots right of the largest N."""
+    sizes = sorted({_parse_group_size(value) for value in frame["group_size"]}, key=_group_rank)
+    integers = [size for size in sizes if isinstance(size, int)]
+    positions = {str(size): math.log2(size) for size in integers}
+    next_slot = math.log2(max(integers)) + 1 if integers else 0.0
+    for name in (size for size in sizes if isinstance(size, str)):
+        positions[name] = next_slot
+        next_slot += 1
+    return positions
+
+
+def _draw_top1_vs_group_size(
+    axes: Axes, rows: pd.DataFrame, positions: dict[str, float], colors: dict[int, str]
+) -> None:
+    for act_bits in _act_bits_descending(rows):
+        series = _sorted_by_group(rows[rows["act_bits"] == act_bits])
+        is_named = series["group_size"].isin(NAMED_GROUP_SIZES)
+        color = colors[act_bits]
+        label = _act_bits_label(act_bits)
+        # Named sizes are not on the log2 scale, so they get markers but no connecting line.
+        for part, style in ((series[~is_named], "-"), (series[is_named], "none")):
+            if part.empty:
+                continue
+            x = [positions[str(size)] for size in part["group_size"]]
+            y = 100.0 * part["top1"]
+            axes.plot(x, y, linestyle=style, marker="o", color=color, label=label)
+            label = None
+    _draw_fp32_line(axes, rows)
+    ticks = sorted(positions.items(), key=lambda item: item[1])
+    axes.set_xticks([x for _, x in ticks], [_group_tick_label(size) for size, _ in ticks])
+    named_positions = [x for size, x in ticks if size in NAMED_GROUP_SIZES]
+    if named_positions and len(named_positions) < len(ticks):
+        axes.axvline(min(named_positions) - 0.5, color="grey", linestyle=":", linewidth=1.0)
+    axes.set_xlabel("group size N (log2 scale; whole filter / layer on the right)")
+    axes.set_ylabel("top-1 (%)")
+
+
+def plot_top1_vs_group_size(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Top-1 against group size for post-training rows, one line per activation width."""
+    rows = _rows_to_plot(frame, finetuned_allowed=False)
+    positions = _group_x_positions(rows)
+    colors = _act_bits_colors(rows)
+    return _render_panels(
+        rows,
+        Path(path),
+        "Top-1 vs weight group size (post-training quantization)",
+        lambda axes, panel_rows: _draw_top1_vs_group_size(axes, panel_rows, positions, colors),
+    )
+
+
+def _annotate_point(axes: Axes, x: float, y: float, text: str, below: bool = False) -> None:
+    offset = (6, -12) if below else (4, 4)
+    axes.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7)
+
+
+def _annotate_group_sizes(axes: Axes, rows: pd.DataFrame) -> None:
+    """Label each group size once, at its highest point, to keep the scatter legible."""
+    for group_size, group_rows in _sorted_by_group(rows).groupby("group_size", sort=False):
+        top = group_rows.loc[group_rows["top1"].idxmax()]
+        x, y = 100.0 * top["mult_eliminated"], 100.0 * top["top1"]
+        _annotate_point(axes, x, y, _group_row_label(group_size))
+
+
+def _draw_top1_vs_mult_eliminated(axes: Axes, rows: pd.DataFrame, colors: dict[int, str]) -> None:
+    finetuned = rows["finetuned"].astype(bool)
+    post_training, tuned = rows[~finetuned], rows[finetuned]
+    for act_bits in _act_bits_descending(rows):
+        label, color = _act_bits_label(act_bits), colors[act_bits]
+        series = _sorted_by_group(post_training[post_training["act_bits"] == act_bits])
+        if not series.empty:
+            x, y = 100.0 * series["mult_eliminated"], 100.0 * series["top1"]
+            axes.plot(x, y, marker="o", color=color, label=label)
+        stars = tuned[tuned["act_bits"] == act_bits]
+        if not stars.empty:
+            axes.scatter(
+                100.0 * stars["mult_eliminated"],
+                100.0 * stars["top1"],
+                marker="*",
+                s=160,
+                color=color,
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=3,
+                label=f"{label} fine-tuned",
+            )
+    if not post_training.empty:
+        _annotate_group_sizes(axes, post_training)
+    for row in tuned.itertuples():
+        x, y = 100.0 * row.mult_eliminated, 100.0 * row.top1
+        _annotate_point(axes, x, y, f"{_group_row_label(row.group_size)} (ft)", below=True)
+    _draw_fp32_line(axes, rows)
+    axes.set_xlabel("multiplications eliminated (%)")
+    axes.set_ylabel("top-1 (%)")
+
+
+def plot_top1_vs_mult_eliminated(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Accuracy against the compute it saves; fine-tuned stars show what training recovers."""
+    rows = _rows_to_plot(frame, finetuned_allowed=True)
+    colors = _act_bits_colors(rows)
+    return _render_panels(
+        rows,
+        Path(path),
+        "Top-1 vs multiplications eliminated",
+        lambda axes, panel_rows: _draw_top1_vs_mult_eliminated(axes, panel_rows, colors),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Report stage entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _results_markdown(frame: pd.DataFrame) -> str:
+    return "\n".join(
+        [
+            "# FGQ results",
+            "",
+            "Generated by the report stage from the PTQ and fine-tune records; "
+            "do not edit by hand.",
+            "",
+            paper_table_markdown(frame),
+            "![Top-1 vs group size](top1_vs_group_size.png)",
+            "",
+            "![Top-1 vs multiplications eliminated](top1_vs_mult_eliminated.png)",
+            "",
+        ]
+    )
+
+
+def write_report(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the CSV, markdown tables and both plots; return their paths keyed by file name."""
+    if not records:
+        raise ValueError("no result records to report")
+    frame = results_frame(records)
+    directory = Path(out_dir)
+    paths = {name: directory / name for name in REPORT_FILE_NAMES}
+    write_results_csv(frame, paths["results.csv"])
+    _write_text_atomically(paths["results.md"], _results_markdown(frame))
+    plot_top1_vs_group_size(frame, paths["top1_vs_group_size.png"])
+    plot_top1_vs_mult_eliminated(frame, paths["top1_vs_mult_eliminated.png"])
+    return paths

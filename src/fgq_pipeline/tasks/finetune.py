@@ -1,0 +1,68 @@
+"""Quantization-aware fine-tuning from the FP32 checkpoint, and evaluation of its saved weights."""
+
+from __future__ import annotations
+
+import copy
+
+import mlflow
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+
+from ..experiment import (build_datamodule, build_model, calibration_batches, quant_config, resolve_path,
+                          seed_everything)
+from ..models import load_weights, save_weights
+from ..quant import QuantConfig, post_training_quantize, quantize_model
+from ..tracking import tracking_uri
+from ..train import ClassifierModule, evaluate, fit
+from .records import result_record
+
+
+def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
+    return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
+
+
+def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
+    """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients.
+
+    Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one.
+    Runs inside an active MLflow run, which the Lightning logger writes into.
+    """
+    quant = finetune_quant_config(cfg)
+    seed_everything(cfg.seed)
+    datamodule = build_datamodule(cfg)
+    fp32_model = build_model(cfg)
+    fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
+    model = quantize_model(copy.deepcopy(fp32_model), quant)
+    post_training_quantize(model, quant, calibration_batches(datamodule, cfg))
+    before = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
+    module = ClassifierModule(model, lr=cfg.finetune.lr, epochs=cfg.finetune.epochs, optimizer=cfg.finetune.optimizer)
+    logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
+    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
+    resume = cfg.finetune.get("resume_from")
+    fit(module, datamodule, epochs=cfg.finetune.epochs, logger=logger, default_root_dir=checkpoint_dir,
+        callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None)
+    save_weights(model, resolve_path(cfg.paths.finetuned_weights), metadata={"model": cfg.model.name})
+    after = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
+    budget = cfg.baseline.epochs * datamodule.num_train_images
+    return {
+        "fp32_top1": fp32_top1,
+        "ptq_top1": before["top1"],
+        "top1": after["top1"],
+        "top5": after["top5"],
+        "epochs": cfg.finetune.epochs,
+        "extra_training_fraction": cfg.finetune.epochs * datamodule.num_train_images / budget,
+    }
+
+
+def evaluate_finetuned(cfg: DictConfig, fp32_top1: float, extra_training_fraction: float) -> dict:
+    """Reload the fine-tuned weights into a fresh quantized model and evaluate them: one record."""
+    quant = finetune_quant_config(cfg)
+    seed_everything(cfg.seed)
+    datamodule = build_datamodule(cfg)
+    model = quantize_model(build_model(cfg, load_checkpoint=False), quant)
+    load_weights(model, resolve_path(cfg.paths.finetuned_weights))
+    metrics = evaluate(model.eval(), datamodule.test_dataloader(), datamodule.num_classes)
+    record = result_record(cfg, quant, model, datamodule, metrics, fp32_top1, finetuned=True)
+    record["extra_training_fraction"] = extra_training_fraction
+    return record

@@ -1,0 +1,30 @@
+"""One result row: what was run (config, model, data) next to what it measured."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..quant import QuantConfig, count_ops
+
+
+def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metrics: dict, fp32_top1: float,
+                  finetuned: bool = False) -> dict:
+    ops = count_ops(model, datamodule.input_shape)
+    return {
+        "model": cfg.model.name,
+        "dataset": datamodule.name,
+        **quant.to_dict(),
+        "finetuned": finetuned,
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "fp32_top1": fp32_top1,
+        "num_images": metrics["num_images"],
+        "mult_eliminated": ops.mult_eliminated,
+        "bits_per_weight": ops.bits_per_weight,
+        "potential_speedup": ops.potential_speedup,
+    }
+
+
+def run_name(quant: QuantConfig) -> str:
+    repairs = "+".join(name for name, on in (("bn", quant.bn_reestimate), ("bc", quant.bias_correction)) if on)
+    return f"N={quant.group_size} A{quant.act_bits} {quant.solver}" + (f" {repairs}" if repairs else "")

@@ -1,0 +1,88 @@
+"""Lightning wrapper that trains any nn.Module classifier, so full-precision training and
+fine-tuning of a quantized model share one loop.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OPTIMIZERS = ("sgd", "adam")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy training with SGD or Adam and a per-epoch cosine learning-rate schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        epochs: int = 10,
+        optimizer: str = "sgd",
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        if epochs < 1:
+            raise ValueError(f"epochs (the cosine schedule length) must be >= 1, got {epochs!r}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        classes = num_classes if num_classes is not None else infer_num_classes(model)
+        self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
+        self.val_top1 = MulticlassAccuracy(num_classes=classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.val_top1(self.model(images), labels)
+        self.log("val_top1", self.val_top1, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        hparams = self.hparams
+        if hparams.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.model.parameters(),
+                lr=hparams.lr,
+                momentum=hparams.momentum,
+                weight_decay=hparams.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.Adam(
+                self.model.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay
+            )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hparams.epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def infer_num_classes(model: nn.Module) -> int:
+    """Read the class count off the last layer with ``out_features`` (the classifier head)."""
+    heads = [module for module in model.modules() if hasattr(module, "out_features")]
+    if not heads:
+        raise ValueError(
+            f"cannot infer the number of classes of {type(model).__name__}: it has no layer with "
+            "out_features; pass num_classes= to ClassifierModule"
+        )
+    return int(heads[-1].out_features)

@@ -1,0 +1,148 @@
+"""Activation quantizers, model surgery, repairs and op counts."""
+
+import pytest
+import torch
+from torch import nn
+
+from fgq_pipeline.quant import (ActQuantizer, QuantConfig, QuantConv2d, QuantLinear, calibrate_activations, count_ops,
+                                paper_speedup, post_training_quantize, quantize_model, reestimate_batchnorm)
+
+
+def small_net(c_in: int = 4) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(c_in, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 12),
+    ).eval()
+
+
+def batches(c_in: int = 4, n: int = 4):
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, c_in, 8, 8, generator=generator), None) for _ in range(n)]
+
+
+def test_policy_keeps_first_and_last_layer_at_8_bit():
+    model = quantize_model(small_net(), QuantConfig(group_size=4))
+    kinds = [m.weight_format.kind for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert kinds == ["int8", "ternary", "int8"]
+    model = quantize_model(small_net(), QuantConfig(group_size=4, policy="ternarize_all"))
+    kinds = [m.weight_format.kind for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert kinds == ["ternary", "ternary", "ternary"]
+
+
+def test_n1_with_float_activations_reproduces_the_fp32_model():
+    model = small_net()
+    x = torch.randn(8, 4, 8, 8)
+    reference = model(x)
+    config = QuantConfig(group_size=1, act_bits=32, policy="ternarize_all", bn_reestimate=False, bias_correction=False)
+    quantized = quantize_model(small_net(), config)
+    post_training_quantize(quantized, config, batches())
+    assert torch.allclose(quantized(x), reference, atol=1e-5)
+
+
+def test_activation_quantizer_is_unsigned_after_relu_and_signed_otherwise():
+    relu_input, signed_input = ActQuantizer(4), ActQuantizer(4)
+    for q, data in ((relu_input, torch.rand(100)), (signed_input, torch.randn(100))):
+        q.start_calibration()
+        q(data)
+        q.finish_calibration()
+    assert relu_input.integer_range() == (0, 15)
+    assert signed_input.integer_range() == (-7, 7)
+    x = torch.rand(1000)
+    levels = torch.unique(relu_input(x) / relu_input.scale).round()
+    assert len(levels) <= 16
+
+
+@pytest.mark.parametrize("method", ["max", "percentile", "mse"])
+def test_calibration_methods_give_a_scale_that_bounds_the_error(method):
+    q = ActQuantizer(8, method=method)
+    q.start_calibration()
+    data = torch.randn(10000)
+    q(data)
+    q.finish_calibration()
+    assert q.calibrated
+    err = (q(data) - data).abs()
+    assert err[data.abs() < q.scale * 100].max() <= q.scale / 2 + 1e-6
+
+
+def test_power_of_two_scale():
+    q = ActQuantizer(8, power_of_two=True)
+    q.start_calibration()
+    q(torch.randn(1000) * 3)
+    q.finish_calibration()
+    assert float(torch.log2(q.scale)).is_integer()
+
+
+def test_bn_reestimation_repairs_the_statistics_ternary_weights_produce():
+    model = quantize_model(small_net(), QuantConfig(group_size=16))
+    data = batches()
+    reestimate_batchnorm(model, data)
+    bn = model[1]
+    with torch.no_grad():
+        outputs = torch.cat([model[0](x) for x, _ in data])
+    assert torch.allclose(bn.running_mean, outputs.mean(dim=(0, 2, 3)), atol=1e-4)
+
+
+def test_bias_correction_removes_the_mean_output_shift_of_a_linear_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = torch.rand(512, 32) + 1.0  # large mean input: ternary error shows up as a shift
+    reference = model[0](x)
+    config = QuantConfig(group_size=32, act_bits=32, policy="ternarize_all", bn_reestimate=False)
+    without = quantize_model(nn.Sequential(*[m for m in _copy(model)]), config)
+    with_bc = quantize_model(_copy(model), config)
+    post_training_quantize(with_bc, config, [(x, None)])
+    shift_without = (without[0](x) - reference).mean(0).abs().max()
+    shift_with = (with_bc[0](x) - reference).mean(0).abs().max()
+    assert shift_with < 1e-4 < shift_without
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_empty_calibration_set_is_an_error():
+    model = quantize_model(small_net(), QuantConfig())
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        calibrate_activations(model, [])
+
+
+@pytest.mark.parametrize("field,value", [("act_bits", 1), ("act_bits", 16), ("solver", "sparse"), ("policy", "none"),
+                                         ("group_size", 0), ("act_calibration", "median")])
+def test_quant_config_rejects_bad_values_naming_them(field, value):
+    with pytest.raises(ValueError, match=repr(value)):
+        QuantConfig(**{field: value})
+
+
+def test_mult_eliminated_is_exactly_75_percent_at_n4_when_channels_divide():
+    model = quantize_model(small_net(c_in=4), QuantConfig(group_size=4, policy="ternarize_all"))
+    ops = count_ops(model, (4, 8, 8))
+    assert ops.mult_eliminated == 0.75
+    assert all(layer.multiplications * 4 == layer.macs for layer in ops.layers)
+
+
+def test_op_counts_per_layer_by_hand():
+    model = quantize_model(small_net(c_in=3), QuantConfig(group_size=64))
+    layers = {layer.name: layer for layer in count_ops(model, (3, 8, 8)).layers}
+    conv2 = layers["3"]
+    assert conv2.macs == 32 * 8 * 8 * 16 * 9
+    assert conv2.effective_group_size == 16  # N=64 capped at C=16
+    assert conv2.multiplications == 32 * 8 * 8 * 9  # one multiply per kernel position
+    assert conv2.weight_bits == 2 * 32 * 16 * 9 + 32 * 32 * 9
+    assert layers["0"].multiplications == layers["0"].macs  # 8-bit first conv
+    assert layers["8"].kind == "int8"
+
+
+def test_partial_groups_count_one_multiply_each():
+    model = quantize_model(small_net(c_in=3), QuantConfig(group_size=2, policy="ternarize_all"))
+    first = count_ops(model, (3, 8, 8)).layers[0]
+    assert first.multiplications == 16 * 8 * 8 * 9 * 2  # C=3 in groups of 2: sizes 2 and 1
+
+
+def test_paper_speedup_model_fits_the_paper():
+    assert paper_speedup(4) == pytest.approx(9.14, abs=0.01)
+    assert paper_speedup(64) == pytest.approx(1024 / 67)  # the paper rounds to 15x
+    assert paper_speedup(1) == pytest.approx(4.0)
