@@ -16,7 +16,6 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 from .experiment import project_root
@@ -80,10 +79,11 @@ def tracked_run(
         params = OmegaConf.to_container(params, resolve=True)
     experiment_id = use_experiment(experiment)
     tags = {"stage": stage, "git_commit": git_commit(), "params_hash": params_hash(params)}
-    if parent_run_id:
-        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    nested = parent_run_id is None and mlflow.active_run() is not None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags, nested=nested) as run:
+    nested = mlflow.active_run() is not None  # in-process parent: the active run
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name or stage, tags=tags, nested=nested,
+        parent_run_id=None if nested else parent_run_id,
+    ) as run:
         mlflow.log_params(flatten(params))
         yield run
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-
 import mlflow
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from ..experiment import (build_datamodule, build_model, calibration_batches, quant_config, resolve_path,
-                          seed_everything)
+from ..experiment import build_datamodule, build_model, quant_config, resolve_path, seed_everything
 from ..models import load_weights, save_weights
-from ..quant import QuantConfig, post_training_quantize, quantize_model
+from ..quant import QuantConfig, quantize_model
 from ..tracking import tracking_uri
 from ..train import ClassifierModule, evaluate, fit
+from .ptq import post_training_model
 from .records import result_record
 
 
@@ -33,8 +31,7 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
     datamodule = build_datamodule(cfg)
     fp32_model = build_model(cfg)
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
-    model = quantize_model(copy.deepcopy(fp32_model), quant)
-    post_training_quantize(model, quant, calibration_batches(datamodule, cfg))
+    model = post_training_model(cfg, quant, fp32_model, datamodule)
     before = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     module = ClassifierModule(model, lr=cfg.finetune.lr, epochs=cfg.finetune.epochs, optimizer=cfg.finetune.optimizer)
     logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)

@@ -14,11 +14,18 @@ from ..train import evaluate
 from .records import result_record, run_name
 
 
-def quantize_and_evaluate(cfg: DictConfig, quant: QuantConfig, fp32_model, datamodule, fp32_top1: float) -> dict:
-    """One PTQ result. Reseeded per config so a row does not depend on its place in a grid."""
+def post_training_model(cfg: DictConfig, quant: QuantConfig, fp32_model, datamodule):
+    """A quantized, repaired and calibrated copy of ``fp32_model``.
+
+    Reseeded first, so the result does not depend on what ran before it (its place in a grid).
+    """
     seed_everything(cfg.seed)
     model = quantize_model(copy.deepcopy(fp32_model), quant)
-    post_training_quantize(model, quant, calibration_batches(datamodule, cfg))
+    return post_training_quantize(model, quant, calibration_batches(datamodule, cfg))
+
+
+def quantize_and_evaluate(cfg: DictConfig, quant: QuantConfig, fp32_model, datamodule, fp32_top1: float) -> dict:
+    model = post_training_model(cfg, quant, fp32_model, datamodule)
     metrics = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     return result_record(cfg, quant, model, datamodule, metrics, fp32_top1)
 
@@ -40,12 +47,11 @@ def run_ptq(cfg: DictConfig) -> dict:
 
 
 def run_ptq_grid(cfg: DictConfig) -> list[dict]:
-    """Every config of ``cfg.ptq`` (and ``cfg.quant``), each a child MLflow run of the active one."""
+    """Every config of ``cfg.ptq`` (and ``cfg.quant``), each a child run of the active MLflow run."""
     datamodule, model, fp32_top1 = _fp32(cfg)
-    parent = tracking.mlflow.active_run().info.run_id
     records = []
-    for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config"):
-        with tracking.tracked_run(cfg.mlflow.experiment, "ptq", quant.to_dict(), run_name(quant), parent):
+    for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config", mininterval=2.0):
+        with tracking.tracked_run(cfg.mlflow.experiment, "ptq", quant.to_dict(), run_name(quant)):
             record = quantize_and_evaluate(cfg, quant, model, datamodule, fp32_top1)
             tracking.log_metrics(record)
         records.append(record)

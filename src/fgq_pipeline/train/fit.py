@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+LOG_EVERY_N_STEPS = 10
+
 
 def fit(
     module: pl.LightningModule,
@@ -29,6 +31,8 @@ def fit(
         deterministic=True,
         default_root_dir=default_root_dir,
         callbacks=callbacks,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
     )
+    module.train()  # Lightning keeps the modes it is given; BatchNorm must train with the weights
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
