@@ -16,7 +16,8 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        tracking.start_parent_run(config.mlflow.experiment, f"sweep {config.hydra.job.name}", sweep_dir)
+        sweep = " ".join(config.hydra.overrides.task)
+        tracking.start_parent_run(config.mlflow.experiment, f"sweep {sweep}", sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         tracking.end_parent_run(Path(config.hydra.sweep.dir))

@@ -1,0 +1,116 @@
+"""The pipeline end to end on a data subset: DVC stages, the Hydra apps, MLflow runs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from fgq_pipeline import tracking
+from fgq_pipeline.params import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ("conf", "src", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore")
+
+
+def runs(store: Path, experiment: str):
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_params_yaml_is_the_composed_default_config():
+    assert OmegaConf.to_container(compose_config()) == OmegaConf.to_container(OmegaConf.load(REPO / "params.yaml"))
+
+
+def test_tracked_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(RuntimeError):
+        with tracking.tracked_run("failing", "ptq", {"quant": {"group_size": 4}}):
+            raise RuntimeError("boom")
+    (run,) = runs(tmp_path / "store.db", "failing")
+    assert run.info.status == "FAILED"
+    assert run.data.params["quant.group_size"] == "4"
+    assert run.data.tags["stage"] == "ptq"
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory):
+    """A copy of the pipeline with the `debug=smoke` params, reproduced once with `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PIPELINE_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, target)
+    (root / "params.yaml").write_text(OmegaConf.to_yaml(compose_config(["debug=smoke"])))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}"}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, env
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project):
+    root, _ = smoke_project
+    params = OmegaConf.load(root / "params.yaml")
+    table = pd.read_csv(root / "reports" / "results.csv")
+    ptq = table[~table.finetuned]
+    assert set(ptq.group_size.astype(str)) == {str(n) for n in params.ptq.group_size}
+    assert set(ptq.act_bits) == set(params.ptq.act_bits)
+    assert len(table[table.finetuned]) == 1
+    assert table.top1.between(0, 1).all()
+    for name in ("results.md", "top1_vs_group_size.png", "top1_vs_mult_eliminated.png"):
+        assert (root / "reports" / name).stat().st_size > 0
+    baseline = json.loads((root / "metrics" / "baseline.json").read_text())
+    assert table.fp32_top1.tolist() == pytest.approx([baseline["fp32_top1"]] * len(table), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_run(smoke_project):
+    root, env = smoke_project
+    status = subprocess.run(["dvc", "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout
+    finished = runs(root / "store.db", "fgq-digits")
+    stages = {run.data.tags["stage"] for run in finished}
+    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "report"}
+    assert all(run.info.status == "FINISHED" for run in finished)
+    ptq_children = [r for r in finished if r.data.tags["stage"] == "ptq" and "mlflow.parentRunId" in r.data.tags]
+    assert len(ptq_children) == len(pd.read_csv(root / "reports" / "results.csv")) - 1
+
+
+def cli(name: str) -> list[str]:
+    script = shutil.which(name)
+    return [script] if script else [sys.executable, "-m", f"fgq_pipeline.cli.{name.removeprefix('fgq-')}"]
+
+
+@pytest.mark.slow
+def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"}
+    common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"model.checkpoint={tmp_path / 'fp32.safetensors'}",
+              f"hydra.run.dir={tmp_path / 'train'}"]
+    subprocess.run(cli("fgq-train") + common, env=env, check=True, capture_output=True)
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        cli("fgq-ptq") + ["-m", "quant.group_size=4,64", "quant.act_bits=8,4", f"hydra.sweep.dir={sweep}"] + common,
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert sorted((m["group_size"], m["act_bits"]) for m in metrics) == [(4, 4), (4, 8), (64, 4), (64, 8)]
+    assert all({"fp32_top1", "top1", "top5", "mult_eliminated"} <= m.keys() for m in metrics)
+    all_runs = runs(tmp_path / "store.db", "fgq-digits")
+    (parent,) = [r for r in all_runs if r.data.tags["stage"] == "sweep"]
+    jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(jobs) == 4
+    assert all(r.info.status == "FINISHED" for r in jobs + [parent])
+    assert sorted(r.data.metrics["top1"] for r in jobs) == sorted(m["top1"] for m in metrics)
