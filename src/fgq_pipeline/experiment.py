@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .models import load_weights
 from .quant import QuantConfig
 
-MODEL_KEYS_NOT_FOR_CONSTRUCTOR = ("name", "checkpoint")
+CONFIG_ONLY_KEYS = ("name", "checkpoint")  # describe the object in a config group, not constructor arguments
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the repository of an editable install
 PTQ_AXES = ("group_size", "act_bits", "solver", "bn_reestimate", "bias_correction")
 
@@ -44,19 +44,21 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _instantiate(group: DictConfig, **replace):
+    fields = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in CONFIG_ONLY_KEYS}
+    return instantiate({**fields, **replace})
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg["root"] = str(resolve_path(data_cfg["root"]))
-    datamodule = instantiate(data_cfg)
+    datamodule = _instantiate(cfg.data, root=str(resolve_path(cfg.data.root)))
     datamodule.setup()
     return datamodule
 
 
 def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Module:
     """The FP32 model from ``cfg.model``, with its checkpoint loaded unless told otherwise."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    checkpoint = model_cfg.get("checkpoint")
-    model = instantiate({k: v for k, v in model_cfg.items() if k not in MODEL_KEYS_NOT_FOR_CONSTRUCTOR})
+    model = _instantiate(cfg.model)
+    checkpoint = cfg.model.get("checkpoint")
     if load_checkpoint:
         if not checkpoint:
             raise ValueError("model.checkpoint is not set: give the path of the FP32 weights")

@@ -73,8 +73,6 @@ class RandomShiftDataset(Dataset):
 class DigitsDataModule(pl.LightningDataModule):
     """Serves the digits npz splits, creating them on first use so a fresh checkout just works."""
 
-    name = "digits"
-
     def __init__(
         self,
         root: str | Path = "data/digits",

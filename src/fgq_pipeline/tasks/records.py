@@ -12,7 +12,7 @@ def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metric
     ops = count_ops(model, datamodule.input_shape)
     return {
         "model": cfg.model.name,
-        "dataset": datamodule.name,
+        "dataset": cfg.data.name,
         **quant.to_dict(),
         "finetuned": finetuned,
         "top1": metrics["top1"],
