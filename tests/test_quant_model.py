@@ -146,3 +146,36 @@ def test_paper_speedup_model_fits_the_paper():
     assert paper_speedup(4) == pytest.approx(9.14, abs=0.01)
     assert paper_speedup(64) == pytest.approx(1024 / 67)  # the paper rounds to 15x
     assert paper_speedup(1) == pytest.approx(4.0)
+
+
+def linear_with_correlated_inputs():
+    torch.manual_seed(0)
+    mixing = torch.randn(32, 32)
+    inputs = torch.randn(2048, 32) @ mixing  # strongly correlated input channels
+    return nn.Sequential(nn.Linear(32, 16)), inputs
+
+
+@pytest.mark.parametrize("group_size", [4, 8, "filter", "layer"])
+def test_gptq_rounding_lowers_output_error_and_stays_ternary_per_group(group_size):
+    model, x = linear_with_correlated_inputs()
+    reference = model(x).detach()
+    errors = {}
+    for rounding in ("nearest", "gptq"):
+        config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=32, policy="ternarize_all",
+                             bias_correction=False, bn_reestimate=False)
+        quantized = quantize_model(_copy(model), config)
+        post_training_quantize(quantized, config, [(x[:1024], None), (x[1024:], None)])
+        errors[rounding] = float((quantized(x) - reference).square().mean())
+        layer = quantized[0]
+        # The GPTQ weights are ternary per group already: the fake-quant layer reproduces them.
+        assert torch.allclose(layer.quantized_weight(), layer.weight, atol=1e-6) or rounding == "nearest"
+    assert errors["gptq"] < 0.8 * errors["nearest"]
+
+
+def test_gptq_on_a_conv_net_keeps_codes_within_groups():
+    config = QuantConfig(group_size=4, rounding="gptq", act_bits=32, bias_correction=False, bn_reestimate=False)
+    model = quantize_model(small_net(), config)
+    post_training_quantize(model, config, batches())
+    conv = model[3]
+    codes = conv.ternary_weights()
+    assert torch.allclose(codes.dequantize(), conv.weight, atol=1e-6)

@@ -22,7 +22,7 @@ from .quant import QuantConfig
 
 CONFIG_ONLY_KEYS = ("name", "checkpoint")  # describe the object in a config group, not constructor arguments
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the repository of an editable install
-PTQ_AXES = ("group_size", "act_bits", "solver", "bn_reestimate", "bias_correction")
+PTQ_AXES = ("group_size", "solver", "rounding", "bn_reestimate", "bias_correction", "act_bits")  # act_bits fastest
 
 
 def project_root() -> Path:
@@ -80,7 +80,7 @@ def quant_config(cfg: DictConfig, **overrides) -> QuantConfig:
 
 def ptq_grid(cfg: DictConfig) -> list[QuantConfig]:
     """Every combination of the ``ptq`` axes, plus the headline ``quant`` config, without repeats."""
-    axes = [list(cfg.ptq[axis]) for axis in PTQ_AXES]
+    axes = [list(cfg.ptq[axis]) if axis in cfg.ptq else [cfg.quant[axis]] for axis in PTQ_AXES]
     configs = [quant_config(cfg, **dict(zip(PTQ_AXES, values))) for values in itertools.product(*axes)]
     configs.append(quant_config(cfg))
     return list(dict.fromkeys(configs))

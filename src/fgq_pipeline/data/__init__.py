@@ -1,5 +1,13 @@
-"""Datasets stored as npz splits and the Lightning data modules that serve them."""
+"""Datasets stored as npz splits or image folders, and the Lightning data modules that serve them."""
 
+from fgq_pipeline.data.cifar10 import Cifar10DataModule, download_cifar10
 from fgq_pipeline.data.digits import DigitsDataModule, prepare_digits
+from fgq_pipeline.data.imagefolder import ImageFolderDataModule
 
-__all__ = ["DigitsDataModule", "prepare_digits"]
+__all__ = [
+    "Cifar10DataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "download_cifar10",
+    "prepare_digits",
+]

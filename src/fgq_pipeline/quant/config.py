@@ -8,19 +8,22 @@ from .activation import validate_act_bits, validate_calibration
 from .ternary import GroupSize, validate_group_size, validate_solver
 
 POLICIES = ("first_last_8bit", "ternarize_all")
+ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """What ``quantize_model`` and the post-training repairs do.
 
-    ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
+    ``rounding`` "gptq" replaces per-group nearest rounding by error-compensating rounding
+    (see :mod:`.gptq`). ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
     as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
     in float. The two repairs are switches because each must be measured on and off.
     """
 
     group_size: GroupSize = 4
     solver: str = "exact"
+    rounding: str = "nearest"
     act_bits: int = 8
     act_calibration: str = "max"
     act_percentile: float = 99.99
@@ -34,6 +37,8 @@ class QuantConfig:
         validate_solver(self.solver)
         validate_act_bits(self.act_bits)
         validate_calibration(self.act_calibration, self.act_percentile)
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         for switch in ("power_of_two_scale", "bn_reestimate", "bias_correction"):

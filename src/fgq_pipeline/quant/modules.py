@@ -68,7 +68,13 @@ class _QuantLayer:
         self.register_buffer("bias_correction", torch.zeros(self.weight.shape[0]))
 
     def quantized_weight(self) -> torch.Tensor:
-        return quantize_weight(self.weight, self.weight_format)
+        """Quantized weights; cached while no gradient is needed and the weights are unchanged."""
+        if torch.is_grad_enabled():
+            return quantize_weight(self.weight, self.weight_format)
+        key = (self.weight._version, self.weight.data_ptr())
+        if getattr(self, "_cached_weight", (None, None))[0] != key:
+            self._cached_weight = (key, quantize_weight(self.weight, self.weight_format))
+        return self._cached_weight[1]
 
     def ternary_weights(self) -> TernaryWeights:
         """Codes and scales of this layer (for export and the integer path)."""

@@ -16,21 +16,32 @@ from torch import nn
 
 from .activation import ActQuantizer
 from .config import QuantConfig
+from .gptq import gptq_ternarize
 from .modules import QuantConv2d
 from .surgery import quant_layers
 
 
 def post_training_quantize(model: nn.Module, config: QuantConfig, calibration_batches: Iterable) -> nn.Module:
-    """Repairs (as switched on in ``config``), then activation calibration, on a quantized model.
+    """Weight repairs (as switched on in ``config``), then activation calibration."""
+    repair_weights(model, config, calibration_batches)
+    calibrate_activations(model, calibration_batches)
+    return model
 
-    Bias correction runs before BN re-estimation: a shift added after BN statistics were taken
-    would move the normalised outputs again.
+
+def repair_weights(model: nn.Module, config: QuantConfig, calibration_batches: Iterable) -> nn.Module:
+    """GPTQ rounding, bias correction and BN re-estimation, all with float activations.
+
+    Bias correction measures the shift against the FP32 weights (GPTQ has already replaced them)
+    and runs before BN re-estimation: a shift added after BN statistics were taken would move the
+    normalised outputs again.
     """
+    float_weights = {layer: layer.weight.detach().clone() for _, layer in quant_layers(model)}
+    if config.rounding == "gptq":
+        gptq_ternarize(model, calibration_batches)
     if config.bias_correction:
-        correct_bias(model, calibration_batches)
+        correct_bias(model, calibration_batches, float_weights)
     if config.bn_reestimate:
         reestimate_batchnorm(model, calibration_batches)
-    calibrate_activations(model, calibration_batches)
     return model
 
 
@@ -64,15 +75,19 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> None:
 
 
 @torch.no_grad()
-def correct_bias(model: nn.Module, batches: Iterable) -> None:
-    """Add E[(W - Q(W)) x] per output channel to each quantized layer, on its actual inputs."""
+def correct_bias(model: nn.Module, batches: Iterable, float_weights: dict[nn.Module, torch.Tensor] | None = None) -> None:
+    """Add E[(W - Q(W)) x] per output channel to each quantized layer, on its actual inputs.
+
+    W is the layer's FP32 weight: ``float_weights[layer]`` where given, else its current weight.
+    """
+    float_weights = float_weights or {}
     layers = [layer for _, layer in quant_layers(model)]
     sums: dict[nn.Module, torch.Tensor] = {}
     counts: dict[nn.Module, int] = {}
 
     def record(layer: nn.Module, args: tuple, _output: torch.Tensor) -> None:
         x = layer.input_quantizer(args[0])
-        delta = layer.weight - layer.quantized_weight()
+        delta = float_weights.get(layer, layer.weight) - layer.quantized_weight()
         if isinstance(layer, QuantConv2d):
             shift = layer._conv_forward(x, delta, None)
             dims = (0, 2, 3)

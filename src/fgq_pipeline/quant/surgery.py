@@ -27,10 +27,23 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     for name, module in layers:
         keep_8bit = config.policy == "first_last_8bit" and name in (first, last)
         fmt = WeightFormat("int8") if keep_8bit else ternary
-        quantizer = ActQuantizer(config.act_bits, config.act_calibration, config.act_percentile, config.power_of_two_scale)
         swap = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-        _set_submodule(model, name, swap.from_float(module, fmt, quantizer))
+        _set_submodule(model, name, swap.from_float(module, fmt, _activation_quantizer(config)))
     return model
+
+
+def reset_activation_quantizers(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Fresh, uncalibrated input quantizers with ``config``'s activation settings on every layer.
+
+    Lets configs that differ only in activation settings share one weight-side repair.
+    """
+    for _, layer in quant_layers(model):
+        layer.input_quantizer = _activation_quantizer(config)
+    return model
+
+
+def _activation_quantizer(config: QuantConfig) -> ActQuantizer:
+    return ActQuantizer(config.act_bits, config.act_calibration, config.act_percentile, config.power_of_two_scale)
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -92,26 +92,31 @@ def ternarize(weight: torch.Tensor, group_size: GroupSize, solver: str = "exact"
         raise ValueError("weight holds NaN or Inf values; ternarization needs finite weights")
     w = weight.detach().float()
     groups, valid = _to_groups(w, group_size)
+    codes, pos_alpha, neg_alpha = solve_groups(groups, solver, valid)
+    return TernaryWeights(
+        codes=_from_groups(codes, w.shape, group_size),
+        scales=_scale_layout(pos_alpha, w.shape, group_size),
+        group_size=group_size,
+        solver=solver,
+        neg_scales=None if neg_alpha is None else _scale_layout(neg_alpha, w.shape, group_size),
+    )
+
+
+def solve_groups(
+    groups: torch.Tensor, solver: str, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Ternary codes and scales for a [..., N] stack of groups (``valid`` masks padding).
+
+    Returns int8 codes, the scale of the +1 codes and, for the asymmetric solver only, the scale
+    of the -1 codes; the other solvers use one scale for both signs.
+    """
     if solver == "asymmetric":
         pos_keep, pos_alpha = _solve_exact(groups.clamp(min=0), valid)
         neg_keep, neg_alpha = _solve_exact((-groups).clamp(min=0), valid)
-        codes = pos_keep.to(torch.int8) - neg_keep.to(torch.int8)
-        return TernaryWeights(
-            codes=_from_groups(codes, w.shape, group_size),
-            scales=_scale_layout(pos_alpha, w.shape, group_size),
-            group_size=group_size,
-            solver=solver,
-            neg_scales=_scale_layout(neg_alpha, w.shape, group_size),
-        )
+        return pos_keep.to(torch.int8) - neg_keep.to(torch.int8), pos_alpha, neg_alpha
     solve = _solve_exact if solver == "exact" else _solve_twn
     keep, alpha = solve(groups.abs(), valid)
-    codes = (torch.sign(groups) * keep).to(torch.int8)
-    return TernaryWeights(
-        codes=_from_groups(codes, w.shape, group_size),
-        scales=_scale_layout(alpha, w.shape, group_size),
-        group_size=group_size,
-        solver=solver,
-    )
+    return (torch.sign(groups) * keep).to(torch.int8), alpha, None
 
 
 def _solve_exact(magnitude: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from ..models import load_weights, save_weights
 from ..quant import QuantConfig, quantize_model
 from ..tracking import tracking_uri
 from ..train import ClassifierModule, evaluate, fit
-from .ptq import post_training_model
+from .ptq import PostTrainingQuantizer
 from .records import result_record
 
 
@@ -31,7 +31,7 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
     datamodule = build_datamodule(cfg)
     fp32_model = build_model(cfg)
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
-    model = post_training_model(cfg, quant, fp32_model, datamodule)
+    model = PostTrainingQuantizer(cfg, fp32_model, datamodule).model(quant)
     before = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     module = ClassifierModule(model, lr=cfg.finetune.lr, epochs=cfg.finetune.epochs, optimizer=cfg.finetune.optimizer)
     logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)

@@ -3,31 +3,48 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .. import tracking
 from ..experiment import build_datamodule, build_model, calibration_batches, ptq_grid, quant_config, seed_everything
-from ..quant import QuantConfig, post_training_quantize, quantize_model
+from ..quant import QuantConfig, calibrate_activations, quantize_model, repair_weights, reset_activation_quantizers
 from ..train import evaluate
 from .records import result_record, run_name
 
+ACTIVATION_FIELDS = ("act_bits", "act_calibration", "act_percentile", "power_of_two_scale")
 
-def post_training_model(cfg: DictConfig, quant: QuantConfig, fp32_model, datamodule):
-    """A quantized, repaired and calibrated copy of ``fp32_model``.
 
-    Reseeded first, so the result does not depend on what ran before it (its place in a grid).
+class PostTrainingQuantizer:
+    """Builds PTQ models of one FP32 model, sharing the weight-side work between configs.
+
+    Repairs run with float activations, so configs that differ only in activation settings
+    share them: a grid ordered with those fields varying fastest repairs each weight config once.
+    Every step is reseeded, so a result does not depend on what ran before it.
     """
-    seed_everything(cfg.seed)
-    model = quantize_model(copy.deepcopy(fp32_model), quant)
-    return post_training_quantize(model, quant, calibration_batches(datamodule, cfg))
 
+    def __init__(self, cfg: DictConfig, fp32_model, datamodule):
+        self.cfg, self.fp32_model, self.datamodule = cfg, fp32_model, datamodule
+        self._repaired: tuple[QuantConfig, object] | None = None
 
-def quantize_and_evaluate(cfg: DictConfig, quant: QuantConfig, fp32_model, datamodule, fp32_top1: float) -> dict:
-    model = post_training_model(cfg, quant, fp32_model, datamodule)
-    metrics = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
-    return result_record(cfg, quant, model, datamodule, metrics, fp32_top1)
+    def model(self, quant: QuantConfig):
+        weight_side = dataclasses.replace(quant, **{f: getattr(QuantConfig, f) for f in ACTIVATION_FIELDS})
+        if self._repaired is None or self._repaired[0] != weight_side:
+            seed_everything(self.cfg.seed)
+            model = quantize_model(copy.deepcopy(self.fp32_model), weight_side)
+            repair_weights(model, weight_side, calibration_batches(self.datamodule, self.cfg))
+            self._repaired = (weight_side, model)
+        model = reset_activation_quantizers(copy.deepcopy(self._repaired[1]), quant)
+        seed_everything(self.cfg.seed)
+        calibrate_activations(model, calibration_batches(self.datamodule, self.cfg))
+        return model
+
+    def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
+        model = self.model(quant)
+        metrics = evaluate(model, self.datamodule.test_dataloader(), self.datamodule.num_classes)
+        return result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
 
 
 def _fp32(cfg: DictConfig):
@@ -41,7 +58,7 @@ def _fp32(cfg: DictConfig):
 def run_ptq(cfg: DictConfig) -> dict:
     """The ``cfg.quant`` configuration: one record, logged to the active MLflow run."""
     datamodule, model, fp32_top1 = _fp32(cfg)
-    record = quantize_and_evaluate(cfg, quant_config(cfg), model, datamodule, fp32_top1)
+    record = PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
     tracking.log_metrics(record)
     return record
 
@@ -49,10 +66,11 @@ def run_ptq(cfg: DictConfig) -> dict:
 def run_ptq_grid(cfg: DictConfig) -> list[dict]:
     """Every config of ``cfg.ptq`` (and ``cfg.quant``), each a child run of the active MLflow run."""
     datamodule, model, fp32_top1 = _fp32(cfg)
+    quantizer = PostTrainingQuantizer(cfg, model, datamodule)
     records = []
     for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config", mininterval=2.0):
         with tracking.tracked_run(cfg.mlflow.experiment, "ptq", quant.to_dict(), run_name(quant)):
-            record = quantize_and_evaluate(cfg, quant, model, datamodule, fp32_top1)
+            record = quantizer.evaluate(quant, fp32_top1)
             tracking.log_metrics(record)
         records.append(record)
     return records
