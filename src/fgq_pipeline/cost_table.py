@@ -54,7 +54,8 @@ def _scale_column(scale_bits: int) -> str:
 
 def _validate_axes(archs: Sequence, group_sizes: Sequence, policies: Sequence, scale_bits: Sequence) -> None:
     """Fail before any model is built, naming the bad axis or value."""
-    for name, axis in (("archs", archs), ("group_sizes", group_sizes), ("policies", policies), ("scale_bits", scale_bits)):
+    axes = {"archs": archs, "group_sizes": group_sizes, "policies": policies, "scale_bits": scale_bits}
+    for name, axis in axes.items():
         if len(axis) == 0:
             raise ValueError(f"{name} must not be empty")
     bad_bits = [bits for bits in scale_bits if bits not in SCALE_FORMATS]

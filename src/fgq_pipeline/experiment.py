@@ -59,9 +59,10 @@ def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Modul
     """The FP32 model from ``cfg.model``, with its checkpoint loaded unless told otherwise."""
     model = _instantiate(cfg.model)
     checkpoint = cfg.model.get("checkpoint")
-    if load_checkpoint:
-        if not checkpoint:
-            raise ValueError("model.checkpoint is not set: give the path of the FP32 weights")
+    if load_checkpoint and not checkpoint and not cfg.model.get("weights"):
+        raise ValueError("model.checkpoint is not set: give the path of the FP32 weights "
+                         "(or, for torchvision models, model.weights=DEFAULT)")
+    if load_checkpoint and checkpoint:  # a local file wins over torchvision's own weights
         path = resolve_path(checkpoint)
         if not path.exists():
             raise FileNotFoundError(

@@ -1,4 +1,4 @@
-"""Datasets stored as npz splits or image folders, and the Lightning data modules that serve them."""
+"""Datasets (npz splits, image folders) and the Lightning data modules that serve them."""
 
 from fgq_pipeline.data.cifar10 import Cifar10DataModule, download_cifar10
 from fgq_pipeline.data.digits import DigitsDataModule, prepare_digits

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-# ImageNet's channel statistics: what most published checkpoints, even CIFAR ones, were trained with.
+# ImageNet's channel statistics: what most published checkpoints, even CIFAR ones, expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,7 +48,9 @@ class ImageDataModule(pl.LightningDataModule, ABC):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None (whole split) or at least 1, got {value!r}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 (load in this process) or more, got {num_workers!r}")
+            raise ValueError(
+                f"num_workers must be 0 (load in this process) or more, got {num_workers!r}"
+            )
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size

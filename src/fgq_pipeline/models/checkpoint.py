@@ -17,6 +17,7 @@ from torch import nn
 
 SAFETENSORS_SUFFIX = ".safetensors"
 DATA_PARALLEL_PREFIX = "module."
+BATCH_NORM_COUNTER = "num_batches_tracked"
 MISMATCHES_SHOWN = 5
 UNREADABLE_FILE_ERRORS = (
     SafetensorError,
@@ -64,6 +65,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; check the path or train first")
     state_dict = _strip_data_parallel_prefix(_read_state_dict(path))
+    state_dict = _add_missing_batch_norm_counters(model, state_dict)
     _check_fits(model, state_dict, path)
     model.load_state_dict(state_dict, strict=True)
     return model
@@ -94,6 +96,23 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _strip_data_parallel_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DataParallel saves every key as 'module.<name>'; the bare model expects '<name>'."""
     return {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state_dict.items()}
+
+
+def _add_missing_batch_norm_counters(
+    model: nn.Module, state_dict: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Old checkpoints (such as the reference CIFAR ResNets) have no BatchNorm step counters.
+
+    Zeros stand in for them, only beside running statistics the checkpoint does hold, so the
+    load stays strict for everything else. The counter only matters for momentum=None.
+    """
+    filled = dict(state_dict)
+    for key in model.state_dict():
+        if key.endswith(BATCH_NORM_COUNTER) and key not in filled:
+            running_mean = key.removesuffix(BATCH_NORM_COUNTER) + "running_mean"
+            if running_mean in filled:
+                filled[key] = torch.zeros((), dtype=torch.long)
+    return filled
 
 
 def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:

@@ -6,6 +6,9 @@ with a straight-through gradient, so the same modules serve evaluation and fine-
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +21,17 @@ from .ternary import GroupSize, TernaryWeights, ternarize, validate_group_size, 
 
 WEIGHT_KINDS = ("ternary", "int8", "float")
 INT8_MAX = 127
+_SHAPES_ONLY = ContextVar("shapes_only", default=False)
+
+
+@contextmanager
+def shapes_only() -> Iterator[None]:
+    """Skip weight quantization in forward passes that only need output shapes (op counting)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,8 @@ class _QuantLayer:
 
     def quantized_weight(self) -> torch.Tensor:
         """Quantized weights; cached while no gradient is needed and the weights are unchanged."""
+        if _SHAPES_ONLY.get():
+            return self.weight
         if torch.is_grad_enabled():
             return quantize_weight(self.weight, self.weight_format)
         key = (self.weight._version, self.weight.data_ptr())

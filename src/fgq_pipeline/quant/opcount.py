@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .modules import QUANT_LAYERS, WeightFormat
+from .modules import QUANT_LAYERS, WeightFormat, shapes_only
 from .ternary import effective_group_size, groups_per_filter
 
 INT8_MULTIPLY_COST = 1 / 4
@@ -89,7 +89,7 @@ def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_bits: int = 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), shapes_only():
             model(torch.zeros(1, *input_shape))
     finally:
         for hook in hooks:
