@@ -14,7 +14,7 @@ def main() -> None:
     params = OmegaConf.to_container(cfg.cost_table, resolve=True)
     with tracking.tracked_run(cfg.mlflow.experiment, "cost_table", OmegaConf.masked_copy(cfg, ["cost_table"])):
         paths = write_cost_table(
-            resolve_path(cfg.paths.reports),
+            resolve_path(cfg.paths.cost_tables),
             archs=tuple(params["archs"]),
             group_sizes=tuple(params["group_sizes"]),
             policies=tuple(params["policies"]),

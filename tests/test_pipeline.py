@@ -63,14 +63,15 @@ def smoke_project(tmp_path_factory):
 def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project):
     root, _ = smoke_project
     params = OmegaConf.load(root / "params.yaml")
-    table = pd.read_csv(root / "reports" / "results.csv")
+    reports = root / params.paths.reports
+    table = pd.read_csv(reports / "results.csv")
     ptq = table[~table.finetuned]
     assert set(ptq.group_size.astype(str)) == {str(n) for n in params.ptq.group_size}
     assert set(ptq.act_bits) == set(params.ptq.act_bits)
     assert len(table[table.finetuned]) == 1
     assert table.top1.between(0, 1).all()
     for name in ("results.md", "top1_vs_group_size.png", "top1_vs_mult_eliminated.png"):
-        assert (root / "reports" / name).stat().st_size > 0
+        assert (reports / name).stat().st_size > 0
     baseline = json.loads((root / "metrics" / "baseline.json").read_text())
     assert table.fp32_top1.tolist() == pytest.approx([baseline["fp32_top1"]] * len(table), abs=1e-6)
 
@@ -82,10 +83,11 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
     assert "up to date" in status.stdout
     finished = runs(root / "store.db", "fgq-digits")
     stages = {run.data.tags["stage"] for run in finished}
-    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "report"}
+    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "report", "cost_table"}
     assert all(run.info.status == "FINISHED" for run in finished)
     ptq_children = [r for r in finished if r.data.tags["stage"] == "ptq" and "mlflow.parentRunId" in r.data.tags]
-    assert len(ptq_children) == len(pd.read_csv(root / "reports" / "results.csv")) - 1
+    reports = root / OmegaConf.load(root / "params.yaml").paths.reports
+    assert len(ptq_children) == len(pd.read_csv(reports / "results.csv")) - 1
 
 
 def cli(name: str) -> list[str]:
@@ -96,7 +98,7 @@ def cli(name: str) -> list[str]:
 @pytest.mark.slow
 def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"}
-    common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"model.checkpoint={tmp_path / 'fp32.safetensors'}",
+    common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"paths.fp32_weights={tmp_path / 'fp32.safetensors'}",
               f"hydra.run.dir={tmp_path / 'train'}"]
     subprocess.run(cli("fgq-train") + common, env=env, check=True, capture_output=True)
     sweep = tmp_path / "sweep"

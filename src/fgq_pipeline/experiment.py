@@ -22,7 +22,6 @@ from .quant import QuantConfig
 
 CONFIG_ONLY_KEYS = ("name", "checkpoint")  # describe the object in a config group, not constructor arguments
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the repository of an editable install
-PTQ_AXES = ("group_size", "solver", "rounding", "bn_reestimate", "bias_correction", "act_bits")  # act_bits fastest
 
 
 def project_root() -> Path:
@@ -56,21 +55,26 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Module:
-    """The FP32 model from ``cfg.model``, with its checkpoint loaded unless told otherwise."""
+    """The FP32 model from ``cfg.model``, with its weights loaded unless told otherwise.
+
+    A torchvision model with ``model.weights`` and no ``model.checkpoint`` comes pretrained.
+    """
     model = _instantiate(cfg.model)
-    checkpoint = cfg.model.get("checkpoint")
-    if load_checkpoint and not checkpoint and not cfg.model.get("weights"):
-        raise ValueError("model.checkpoint is not set: give the path of the FP32 weights "
-                         "(or, for torchvision models, model.weights=DEFAULT)")
-    if load_checkpoint and checkpoint:  # a local file wins over torchvision's own weights
-        path = resolve_path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"model checkpoint {path} does not exist: run `dvc repro baseline` (or `fgq-train`) "
-                "to train it, or set model.checkpoint=PATH"
-            )
-        load_weights(model, path)
+    pretrained_by_torchvision = cfg.model.get("weights") and not cfg.model.get("checkpoint")
+    if load_checkpoint and not pretrained_by_torchvision:
+        load_weights(model, fp32_weights_path(cfg))
     return model.eval()
+
+
+def fp32_weights_path(cfg: DictConfig) -> Path:
+    """``model.checkpoint`` if given, else the weights the baseline stage trained."""
+    path = resolve_path(cfg.model.get("checkpoint") or cfg.paths.fp32_weights)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"FP32 weights {path} do not exist: run `dvc repro baseline` (or `fgq-train`) to train them, "
+            "or set model.checkpoint=PATH"
+        )
+    return path
 
 
 def quant_config(cfg: DictConfig, **overrides) -> QuantConfig:
@@ -80,9 +84,16 @@ def quant_config(cfg: DictConfig, **overrides) -> QuantConfig:
 
 
 def ptq_grid(cfg: DictConfig) -> list[QuantConfig]:
-    """Every combination of the ``ptq`` axes, plus the headline ``quant`` config, without repeats."""
-    axes = [list(cfg.ptq[axis]) if axis in cfg.ptq else [cfg.quant[axis]] for axis in PTQ_AXES]
-    configs = [quant_config(cfg, **dict(zip(PTQ_AXES, values))) for values in itertools.product(*axes)]
+    """Every ``ptq`` variant at each of its group sizes x act_bits, then ``quant``; no repeats.
+
+    act_bits varies fastest, so configs sharing weight-side repairs come one after another.
+    """
+    configs = []
+    for variant in OmegaConf.to_container(cfg.ptq.variants, resolve=True):
+        group_sizes = variant.pop("group_size", list(cfg.ptq.group_size))
+        act_bits = variant.pop("act_bits", list(cfg.ptq.act_bits))
+        for group_size, bits in itertools.product(group_sizes, act_bits):
+            configs.append(quant_config(cfg, **variant, group_size=group_size, act_bits=bits))
     configs.append(quant_config(cfg))
     return list(dict.fromkeys(configs))
 

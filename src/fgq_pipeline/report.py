@@ -27,6 +27,8 @@ RESULT_COLUMNS = [
     "group_size",
     "act_bits",
     "solver",
+    "rounding",
+    "act_calibration",
     "policy",
     "bn_reestimate",
     "bias_correction",
@@ -42,8 +44,14 @@ NAMED_GROUP_SIZES = ("filter", "layer")
 FLOAT_ACTIVATION_BITS = 32
 ALLOWED_ACT_BITS = (*range(2, 9), FLOAT_ACTIVATION_BITS)
 BOOLEAN_COLUMNS = ("bn_reestimate", "bias_correction", "finetuned")
-PANEL_KEYS = ["model", "dataset", "solver", "policy", "bn_reestimate", "bias_correction"]
+TEXT_COLUMNS = ("model", "dataset", "solver", "rounding", "act_calibration", "policy")
+MODEL_KEYS = ["model", "dataset"]
+VARIANT_KEYS = ["solver", "rounding", "act_calibration", "policy", "bn_reestimate", "bias_correction"]
+PANEL_KEYS = [*MODEL_KEYS, *VARIANT_KEYS]
 BLOCK_KEYS = [*PANEL_KEYS, "finetuned"]
+EXTRA_TRAINING_COLUMN = "extra_training_fraction"
+HEADLINE_GROUP_SIZE = 4
+HEADLINE_ACT_BITS = (8, 4)
 MAX_PANELS = 4
 CSV_FLOAT_FORMAT = "%.6f"
 PNG_DPI = 120
@@ -112,6 +120,9 @@ def _validate_record(index: int, record: object) -> None:
     for key in BOOLEAN_COLUMNS:
         if not _is_boolean(record[key]):
             raise ValueError(f"record {index}: {key} must be a bool, got {record[key]!r}")
+    for key in TEXT_COLUMNS:
+        if not isinstance(record[key], str) or not record[key]:
+            raise ValueError(f"record {index}: {key} must be a non-empty string, got {record[key]!r}")
 
 
 def _record_sort_key(record: dict) -> tuple:
@@ -121,6 +132,8 @@ def _record_sort_key(record: dict) -> tuple:
         record["dataset"],
         bool(record["finetuned"]),
         record["solver"],
+        record["rounding"],
+        record["act_calibration"],
         record["policy"],
         bool(record["bn_reestimate"]),
         bool(record["bias_correction"]),

@@ -1,4 +1,4 @@
-"""Train the FP32 baseline (or evaluate a given checkpoint) and save its weights."""
+"""The FP32 baseline: train it (or take a pretrained checkpoint), score it, save its weights."""
 
 from __future__ import annotations
 
@@ -13,17 +13,22 @@ from ..train import ClassifierModule, evaluate, fit
 
 
 def train_baseline(cfg: DictConfig) -> dict:
-    """Train ``cfg.model`` from scratch on ``cfg.data`` and write it to ``cfg.model.checkpoint``.
+    """Train ``cfg.model`` on ``cfg.data`` (``baseline.train``) or load ``model.checkpoint``.
 
+    Either way the FP32 weights end up in ``paths.fp32_weights``, the input of every later stage.
     Runs inside an active MLflow run, which the Lightning logger writes into.
     """
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, load_checkpoint=False)
-    module = ClassifierModule(model, lr=cfg.baseline.lr, epochs=cfg.baseline.epochs, optimizer=cfg.baseline.optimizer)
-    logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
-    fit(module, datamodule, epochs=cfg.baseline.epochs, logger=logger)
-    save_weights(model, resolve_path(cfg.model.checkpoint), metadata={"model": cfg.model.name})
+    if cfg.baseline.train:
+        model = build_model(cfg, load_checkpoint=False)
+        module = ClassifierModule(model, lr=cfg.baseline.lr, epochs=cfg.baseline.epochs, optimizer=cfg.baseline.optimizer)
+        logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
+        fit(module, datamodule, epochs=cfg.baseline.epochs, logger=logger)
+    else:
+        model = build_model(cfg)
+    save_weights(model, resolve_path(cfg.paths.fp32_weights), metadata={"model": cfg.model.name})
     metrics = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     return {"fp32_top1": metrics["top1"], "fp32_top5": metrics["top5"], "num_images": metrics["num_images"],
-            "epochs": cfg.baseline.epochs, "train_images": datamodule.num_train_images}
+            "trained_epochs": cfg.baseline.epochs if cfg.baseline.train else 0,
+            "train_images": datamodule.num_train_images}

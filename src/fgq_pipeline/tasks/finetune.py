@@ -41,7 +41,7 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None)
     save_weights(model, resolve_path(cfg.paths.finetuned_weights), metadata={"model": cfg.model.name})
     after = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
-    budget = cfg.baseline.epochs * datamodule.num_train_images
+    budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
     return {
         "fp32_top1": fp32_top1,
         "ptq_top1": before["top1"],
