@@ -24,6 +24,7 @@ from .surgery import quant_layers
 from .ternary import GroupSize, solve_groups
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it, as in GPTQ
+BLOCK_COLUMNS = 128  # columns updated one by one before the rest is updated by one matrix product
 
 
 class _InputsCaptured(Exception):
@@ -105,21 +106,39 @@ def _inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
 
 def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: GroupSize, solver: str) -> torch.Tensor:
     order = _column_order(weight.shape)
-    w = weight.detach().double().reshape(weight.shape[0], -1)[:, order].clone()
-    factor = _inverse_hessian_factor(hessian[order][:, order])
+    w = weight.detach().float().reshape(weight.shape[0], -1)[:, order].clone()
+    factor = _inverse_hessian_factor(hessian[order[:, None], order].float())
+    scales = _GroupScales(w.shape[0], group_size, solver)
     quantized = torch.zeros_like(w)
-    for start, size in _group_starts(weight.shape, group_size):
-        block = w[:, start:start + size]
-        groups = block.reshape(1, -1) if group_size == "layer" else block
-        _, pos, neg = solve_groups(groups, solver)
-        pos = pos.expand(w.shape[0]) if group_size == "layer" else pos
-        neg = pos if neg is None else (neg.expand(w.shape[0]) if group_size == "layer" else neg)
-        for j in range(start, start + size):
+    starts = dict(_group_starts(weight.shape, group_size))
+    for block in range(0, w.shape[1], BLOCK_COLUMNS):
+        end = min(block + BLOCK_COLUMNS, w.shape[1])
+        errors = torch.zeros(w.shape[0], end - block)
+        for j in range(block, end):
+            if j in starts:
+                scales.fit(w[:, j:j + starts[j]])
             column = w[:, j]
-            q = torch.where(column > pos / 2, pos, torch.where(column < -neg / 2, -neg, torch.zeros_like(column)))
+            q = scales.round(column)
             quantized[:, j] = q
-            error = (column - q) / factor[j, j]
-            w[:, j + 1:] -= error[:, None] * factor[j, j + 1:][None, :]
+            errors[:, j - block] = (column - q) / factor[j, j]
+            w[:, j + 1:end] -= errors[:, j - block, None] * factor[j, j + 1:end][None, :]
+        w[:, end:] -= errors @ factor[block:end, end:]  # the block's errors, pushed on in one product
     restored = torch.empty_like(quantized)
     restored[:, order] = quantized
     return restored.reshape(weight.shape).to(weight.dtype)
+
+
+class _GroupScales:
+    """The scales of the group being quantized, per output row, and nearest rounding with them."""
+
+    def __init__(self, rows: int, group_size: GroupSize, solver: str):
+        self.rows, self.shared, self.solver = rows, group_size == "layer", solver
+
+    def fit(self, block: torch.Tensor) -> None:
+        _, pos, neg = solve_groups(block.reshape(1, -1) if self.shared else block, self.solver)
+        self.pos = pos.expand(self.rows)
+        self.neg = self.pos if neg is None else neg.expand(self.rows)
+
+    def round(self, column: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros_like(column)
+        return torch.where(column > self.pos / 2, self.pos, torch.where(column < -self.neg / 2, -self.neg, zero))
