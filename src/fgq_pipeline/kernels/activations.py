@@ -1,0 +1,51 @@
+"""Integer activations: how each quantized layer's float input becomes the integers it consumes.
+
+The rounding is the fake-quant model's (round half to even, then saturate), so both paths feed a
+layer the same integers. Unsigned inputs (after ReLU) are stored as uint8, signed ones as int8,
+4-bit values one per byte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class ActivationFormat:
+    scale: float
+    bits: int
+    signed: bool
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"activation bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {self.bits!r}")
+        if not isinstance(self.signed, bool):
+            raise ValueError(f"activation signedness must be true or false, got {self.signed!r}")
+        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"activation scale must be a finite positive number, got {self.scale!r}")
+
+    @property
+    def integer_range(self) -> tuple[int, int]:
+        """Unsigned [0, 2^b - 1]; signed symmetric [-(2^(b-1) - 1), 2^(b-1) - 1], as ActQuantizer."""
+        if self.signed:
+            return -(2 ** (self.bits - 1)) + 1, 2 ** (self.bits - 1) - 1
+        return 0, 2**self.bits - 1
+
+    @property
+    def max_magnitude(self) -> int:
+        return max(abs(bound) for bound in self.integer_range)
+
+    @property
+    def dtype(self) -> type[np.integer]:
+        return np.int8 if self.signed else np.uint8
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """float32 -> integers: clamp(round(x / scale)), computed in float32 like the torch model."""
+        qmin, qmax = self.integer_range
+        scaled = np.asarray(x, dtype=np.float32) / np.float32(self.scale)
+        return np.clip(np.rint(scaled), qmin, qmax).astype(self.dtype)

@@ -1,0 +1,79 @@
+"""Whole-network integer inference from a packed file, numpy and Numba only.
+
+Activations run NHWC in float32 between layers. At each quantized layer the input is rounded to
+that layer's integer grid (round half to even, saturate: the fake-quant model's rule), multiplied
+against the packed weights with an exact integer sum per group, and scaled back to float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import graph as ops
+from .im2col import im2col
+from .int8_gemm import int8_gemm
+from .packed import PackedLayer
+from .packed_file import PackedModel, load_packed
+from .ternary_gemm import ternary_gemm
+
+
+class IntegerNet:
+    """Callable on float32 NCHW images; returns float32 logits [B, classes]."""
+
+    def __init__(self, model: PackedModel):
+        self.layers = model.layers
+        self.graph = ops.validate_graph(model.graph, set(model.layers))
+        self._scales = {name: layer.fp32_scales for name, layer in self.layers.items()}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IntegerNet":
+        model = load_packed(path)
+        try:
+            return cls(model)
+        except ValueError as error:
+            raise ValueError(f"packed model {path}: {error}") from None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4:
+            raise ValueError(f"images must be a float32 batch [B, C, H, W], got shape {images.shape}")
+        x = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        shortcuts = []
+        for operation in self.graph:
+            kind = operation["op"]
+            if kind == "layer":
+                x = self.run_layer(self.layers[operation["name"]], x)
+            elif kind == "relu":
+                x = ops.relu(x)
+            elif kind == "maxpool":
+                x = ops.max_pool(x, operation["kernel"], operation["stride"])
+            elif kind == "global_avgpool":
+                x = ops.global_avg_pool(x)
+            elif kind == "flatten":
+                x = ops.flatten(x)
+            elif kind == "save_shortcut":
+                shortcuts.append(x)
+            else:
+                x = ops.add_shortcut(x, shortcuts.pop(), operation["subsample"], operation["pad_channels"])
+        return x
+
+    def run_layer(self, layer: PackedLayer, x: np.ndarray) -> np.ndarray:
+        """Quantize ``x`` (NHWC for a conv, [B, C] for a linear) to ``layer``'s input grid and apply it."""
+        expected_dims = 4 if layer.kind == "conv" else 2
+        if x.ndim != expected_dims or x.shape[-1] != layer.in_channels:
+            raise ValueError(f"layer {layer.name!r} expects {layer.in_channels} input channels in a "
+                             f"{expected_dims}-d input, got shape {x.shape}")
+        integers = layer.activation.quantize(x)
+        if layer.kind == "linear":
+            return self._gemm(layer, integers)
+        columns, (out_height, out_width) = im2col(integers, layer.kernel_size, layer.stride, layer.padding)
+        return self._gemm(layer, columns).reshape(x.shape[0], out_height, out_width, layer.out_channels)
+
+    def _gemm(self, layer: PackedLayer, columns: np.ndarray) -> np.ndarray:
+        scales = self._scales[layer.name]
+        act_scale = layer.activation.scale
+        if layer.weight_format == "int8":
+            return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
+        return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)

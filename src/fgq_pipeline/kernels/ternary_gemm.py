@@ -1,0 +1,146 @@
+"""Ternary GEMV/GEMM: integer activations times packed 2-bit codes, one float multiply per group.
+
+For output k and input row m: out[m, k] = s_x * sum_g alpha[k, g] * (sum_{j in g} t[k, j] * x[m, j])
++ bias[k]. Inside a group the codes only add or subtract activations, so the group sum is exact in
+int32; it is converted to float once and multiplied by the group scale; groups accumulate in fp32.
+
+Why int32 cannot overflow: |x| <= 255 (uint8) or 127 (int8), so |group sum| <= N * 255, which fits
+int32 for N up to 8,421,504; the loader rejects a layer whose bound exceeds int32 (see
+:mod:`.validation`). The conversion to fp32 is exact while N * 255 < 2^24, i.e. N <= 65,793, far
+beyond any channel count here.
+
+Layout: x [M, L] with L = positions * channels, (r, s, c) order; codes [K, ceil(L / 4)] packed as
+:mod:`.codes` says; scales [K, positions * G] fp32 with G = ceil(channels / N). Rows of the output
+(k) run in parallel. Groups of 4 on channel counts divisible by 4 (FGQ's N=4 on every layer past
+the first) are exactly one code byte each and take a fused path that decodes in registers; other
+group sizes decode a weight row to int8 once and reuse it for all M inputs. See README.md for
+what the generated code looks like and why the index arithmetic is unsigned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .codes import CODES_PER_BYTE, packed_row_bytes
+from .operands import check_activations, check_operand
+
+# Reassociation lets LLVM vectorise the fp32 sum over groups; contraction lets it fuse
+# scale * sum + acc into an FMA. Integer arithmetic is exact either way.
+FLOAT_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, fastmath=FLOAT_FASTMATH)
+def _byte_groups_dot(codes_row, x_row, scales_row):
+    """Groups of exactly four weights, one code byte each: group b covers x[4b : 4b + 4].
+
+    A code's two bits are sign-extended in place (0b01 -> +1, 0b11 -> -1), so the four products
+    are additions or subtractions of activations whatever instructions LLVM picks for them.
+    """
+    acc = np.float32(0.0)
+    for b in range(np.uint64(codes_row.shape[0])):
+        byte = np.int8(codes_row[b])
+        j = b * np.uint64(4)
+        group_sum = (
+            np.int32(np.int8(byte << 6) >> 6) * np.int32(x_row[j])
+            + np.int32(np.int8(byte << 4) >> 6) * np.int32(x_row[j + np.uint64(1)])
+            + np.int32(np.int8(byte << 2) >> 6) * np.int32(x_row[j + np.uint64(2)])
+            + np.int32(byte >> 6) * np.int32(x_row[j + np.uint64(3)])
+        )
+        acc += scales_row[b] * np.float32(np.int32(group_sum))
+    return acc
+
+
+@njit(cache=True)
+def _decode_row(codes_row, decoded):
+    """2-bit codes -> int8 {-1, 0, +1} by sign-extending each bit pair; vectorises fully."""
+    for b in range(codes_row.shape[0]):
+        byte = np.int8(codes_row[b])
+        decoded[4 * b] = np.int8(byte << 6) >> 6
+        decoded[4 * b + 1] = np.int8(byte << 4) >> 6
+        decoded[4 * b + 2] = np.int8(byte << 2) >> 6
+        decoded[4 * b + 3] = byte >> 6
+
+
+@njit(cache=True, fastmath=FLOAT_FASTMATH)
+def _decoded_groups_dot(decoded, x_row, scales_row, channels, group_size):
+    """Any group size: group g at position p covers channels [g * N, min((g + 1) * N, C)).
+
+    Loop bounds are unsigned: with signed indices Numba guards every access against negative
+    (wrap-around) indexing, which kept LLVM from vectorising the group sum (12x slower at N=64).
+    """
+    acc = np.float32(0.0)
+    groups = (channels + group_size - 1) // group_size
+    positions = x_row.shape[0] // channels
+    scale_index = 0
+    for p in range(positions):
+        position_end = np.uint64((p + 1) * channels)
+        for g in range(groups):
+            start = np.uint64(p * channels + g * group_size)
+            stop = min(start + np.uint64(group_size), position_end)
+            group_sum = np.int32(0)
+            for j in range(start, stop):
+                group_sum = np.int32(group_sum + np.int32(decoded[j]) * np.int32(x_row[j]))
+            acc += scales_row[scale_index] * np.float32(group_sum)
+            scale_index += 1
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _ternary_gemm_kernel(x, codes, scales, bias, act_scale, channels, group_size, out):
+    rows = x.shape[0]
+    byte_groups = group_size == CODES_PER_BYTE and channels % CODES_PER_BYTE == 0
+    for k in prange(codes.shape[0]):
+        if byte_groups:
+            for m in range(rows):
+                out[m, k] = _byte_groups_dot(codes[k], x[m], scales[k]) * act_scale + bias[k]
+        else:
+            decoded = np.empty(codes.shape[1] * CODES_PER_BYTE, dtype=np.int8)
+            _decode_row(codes[k], decoded)
+            for m in range(rows):
+                out[m, k] = _decoded_groups_dot(decoded, x[m], scales[k], channels, group_size) * act_scale + bias[k]
+
+
+def ternary_gemm(
+    x: np.ndarray,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    bias: np.ndarray,
+    act_scale: float,
+    channels: int,
+    group_size: int,
+) -> np.ndarray:
+    """fp32 [M, K] outputs of integer activations ``x`` [M, L] against packed ternary ``codes``."""
+    _check_operands(x, codes, scales, bias, channels, group_size)
+    out = np.empty((x.shape[0], codes.shape[0]), dtype=np.float32)
+    _ternary_gemm_kernel(x, codes, scales, bias, np.float32(act_scale), channels, group_size, out)
+    return out
+
+
+def ternary_gemv(
+    x: np.ndarray,
+    codes: np.ndarray,
+    scales: np.ndarray,
+    bias: np.ndarray,
+    act_scale: float,
+    channels: int,
+    group_size: int,
+) -> np.ndarray:
+    """fp32 [K] outputs for one activation vector ``x`` [L] (the batch-1 case)."""
+    if x.ndim != 1:
+        raise ValueError(f"ternary_gemv takes one activation vector [L], got shape {x.shape}")
+    return ternary_gemm(x[np.newaxis], codes, scales, bias, act_scale, channels, group_size)[0]
+
+
+def _check_operands(
+    x: np.ndarray, codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, channels: int, group_size: int
+) -> None:
+    check_activations(x)
+    rows, length = codes.shape[0], x.shape[1]
+    if not 1 <= group_size <= channels or length % channels:
+        raise ValueError(f"need 1 <= group_size <= channels and channels dividing L={length}, "
+                         f"got group_size={group_size}, channels={channels}")
+    groups = (length // channels) * -(-channels // group_size)
+    check_operand(codes, "codes", np.uint8, (rows, packed_row_bytes(length)))
+    check_operand(scales, "scales", np.float32, (rows, groups))
+    check_operand(bias, "bias", np.float32, (rows,))

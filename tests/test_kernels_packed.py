@@ -1,0 +1,176 @@
+"""The packed 2-bit format: exact round trips, scale precision, and a loader that rejects bad files."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from fgq_pipeline.kernels import (ActivationFormat, IntegerNet, bits_per_weight, load_packed, pack_ternary_layer,
+                                  save_packed)
+from fgq_pipeline.kernels.codes import pack_codes, unpack_codes
+from fgq_pipeline.kernels.packed import pack_int8_layer, to_reduction_order
+
+ACTIVATION = ActivationFormat(scale=0.05, bits=8, signed=False)
+
+
+def ternary_layer(scale_dtype: str = "fp32", seed: int = 0, shape=(8, 6, 3, 3), group_size: int = 4):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, 2, shape).astype(np.int8)
+    groups = -(-shape[1] // group_size)
+    scales = rng.uniform(0.01, 2.0, (shape[0], groups, *shape[2:])).astype(np.float32)
+    scales[0] *= -1  # a BatchNorm with negative gamma folds into negative scales
+    bias = rng.normal(size=shape[0]).astype(np.float32)
+    conv = len(shape) == 4
+    layer = pack_ternary_layer("features.3", codes, scales, group_size, bias, ACTIVATION,
+                               stride=(1, 1) if conv else None, padding=(1, 1) if conv else None,
+                               scale_dtype=scale_dtype)
+    return layer, codes, scales
+
+
+def int8_layer():
+    rng = np.random.default_rng(1)
+    weights = rng.integers(-127, 128, (10, 64)).astype(np.int8)
+    return pack_int8_layer("classifier", weights, rng.random(10).astype(np.float32), np.zeros(10, np.float32),
+                           ActivationFormat(scale=0.1, bits=4, signed=False))
+
+
+def write(tmp_path, layers, name="model.safetensors"):
+    return save_packed(tmp_path / name, layers, graph=[{"op": "layer", "name": layer.name} for layer in layers])
+
+
+def test_codes_pack_four_to_a_byte_in_reduction_order():
+    packed = pack_codes(np.array([[1, -1, 0, 1, -1]], dtype=np.int8))
+    assert packed.tolist() == [[0b01_00_11_01, 0b00_00_00_11]]
+    codes = np.random.default_rng(0).integers(-1, 2, (5, 37)).astype(np.int8)
+    np.testing.assert_array_equal(unpack_codes(pack_codes(codes), 37), codes)
+
+
+def test_round_trip_keeps_codes_scales_and_metadata_exactly(tmp_path):
+    layer, codes, scales = ternary_layer()
+    loaded = load_packed(write(tmp_path, [layer, int8_layer()]))
+    again = loaded.layers["features.3"]
+    np.testing.assert_array_equal(unpack_codes(again.weights, again.reduction_length), to_reduction_order(codes))
+    np.testing.assert_array_equal(again.fp32_scales, to_reduction_order(scales))
+    np.testing.assert_array_equal(again.bias, layer.bias)
+    assert (again.weight_shape, again.stride, again.padding, again.group_size, again.activation) == (
+        (8, 6, 3, 3), (1, 1), (1, 1), 4, ACTIVATION)
+    np.testing.assert_array_equal(loaded.layers["classifier"].weights, int8_layer().weights)
+    assert list(loaded.layers) == ["features.3", "classifier"]
+
+
+@pytest.mark.parametrize("scale_dtype, bound", [
+    ("fp16", lambda s: 2.0**-11 * np.abs(s) + 2.0**-25),  # half an fp16 ulp (normal or subnormal)
+    ("int8", lambda s: np.full_like(s, np.abs(s).max() / 127 / 2 * (1 + 1e-6))),  # half a step of max|s| / 127
+])
+def test_reduced_precision_scales_stay_within_half_a_step(tmp_path, scale_dtype, bound):
+    layer, _, scales = ternary_layer(scale_dtype)
+    exact = to_reduction_order(scales)
+    decoded = load_packed(write(tmp_path, [layer])).layers["features.3"].fp32_scales
+    assert (np.abs(decoded - exact) <= bound(exact)).all()
+
+
+def test_bits_per_weight_counts_codes_and_scales():
+    linear, _, _ = ternary_layer(shape=(16, 64), group_size=4)  # 2 bits + one scale per 4 weights
+    assert bits_per_weight(linear) == pytest.approx(2 + 32 / 4)
+    assert bits_per_weight(ternary_layer("fp16", shape=(16, 64))[0]) == pytest.approx(2 + 16 / 4)
+    assert bits_per_weight(ternary_layer("int8", shape=(16, 64))[0]) == pytest.approx(2 + 8 / 4 + 32 / 1024)
+    assert bits_per_weight(int8_layer()) == pytest.approx(8 + 32 / 64)
+
+
+def rewrite(path, edit_metadata=None, edit_tensors=None):
+    """Re-save a packed file with edited header fields or arrays, keeping everything else."""
+    with safe_open(path, framework="np") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    if edit_metadata:
+        edit_metadata(metadata)
+    if edit_tensors:
+        edit_tensors(tensors)
+    save_file(tensors, path, metadata=metadata)
+
+
+def tensor_offset(path, name) -> int:
+    """Byte offset of tensor ``name``'s data in a safetensors file."""
+    with open(path, "rb") as handle:
+        header_size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(header_size))
+    return 8 + header_size + header[name]["data_offsets"][0]
+
+
+def test_loader_rejects_a_code_byte_with_the_unused_pattern(tmp_path):
+    path = write(tmp_path, [ternary_layer()[0]])
+    data = bytearray(path.read_bytes())
+    data[tensor_offset(path, "features.3.weights")] = 0b10_00_00_00
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors.*features.3.*0b10"):
+        load_packed(path)
+
+
+def test_loader_catches_a_flipped_byte_that_still_decodes(tmp_path):
+    path = write(tmp_path, [ternary_layer()[0]])
+    data = bytearray(path.read_bytes())
+    data[tensor_offset(path, "features.3.weights")] ^= 0b01  # +1 <-> 0 in the first field
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors.*digest mismatch"):
+        load_packed(path)
+
+
+def test_loader_rejects_a_truncated_file(tmp_path):
+    path = write(tmp_path, [ternary_layer()[0]])
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ValueError, match="model.safetensors could not be read.*truncated or corrupt"):
+        load_packed(path)
+
+
+def test_loader_rejects_another_format_version(tmp_path):
+    path = write(tmp_path, [ternary_layer()[0]])
+    rewrite(path, edit_metadata=lambda meta: meta.update(format_version="2"))
+    with pytest.raises(ValueError, match="model.safetensors: format version '2' is not supported"):
+        load_packed(path)
+
+
+def test_loader_rejects_metadata_that_contradicts_the_arrays(tmp_path):
+    path = write(tmp_path, [ternary_layer()[0]])
+
+    def claim_more_filters(meta):
+        layers = json.loads(meta["layers"])
+        layers[0]["weight_shape"] = [16, 6, 3, 3]
+        meta["layers"] = json.dumps(layers)
+
+    rewrite(path, edit_metadata=claim_more_filters)
+    with pytest.raises(ValueError, match=r"features.3.*codes is uint8 \(8, 14\), expected uint8 \(16, 14\)"):
+        load_packed(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update({"features.3.scales": t["features.3.scales"][:, :-1].copy()}), "scales is float32"),
+    (lambda t: t.update({"features.3.bias": t["features.3.bias"].astype(np.float64)}), "bias is float64"),
+    (lambda t: t["features.3.scales"].__setitem__((0, 0), np.inf), "scales hold NaN or Inf"),
+    (lambda t: t.pop("features.3.bias"), "arrays .* are missing"),
+])
+def test_loader_rejects_arrays_of_the_wrong_dtype_shape_or_value(tmp_path, edit, message):
+    path = write(tmp_path, [ternary_layer()[0]])
+    rewrite(path, edit_tensors=edit)
+    with pytest.raises(ValueError, match=message):
+        load_packed(path)
+
+
+def test_a_layer_whose_group_sum_could_overflow_int32_is_rejected():
+    codes = np.zeros((1, 9_000_000), dtype=np.int8)
+    with pytest.raises(ValueError, match="beyond the int32 accumulator"):
+        pack_ternary_layer("huge", codes, np.ones((1, 1), np.float32), 9_000_000, np.zeros(1, np.float32), ACTIVATION)
+
+
+@pytest.mark.parametrize("graph, message", [
+    (None, "no network graph"),
+    ([{"op": "softmax"}], "op must be one of"),
+    ([{"op": "layer", "name": "features.9"}], "no layer of that name"),
+    ([{"op": "maxpool", "kernel": [2, 2]}], "fields must be"),
+    ([{"op": "save_shortcut"}, {"op": "layer", "name": "features.3"}], "never adds back"),
+])
+def test_integer_net_rejects_a_graph_it_cannot_run(tmp_path, graph, message):
+    path = save_packed(tmp_path / "model.safetensors", [ternary_layer()[0]], graph=graph)
+    with pytest.raises(ValueError, match=f"model.safetensors: .*{message}"):
+        IntegerNet.load(path)
