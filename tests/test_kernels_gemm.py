@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from fgq_pipeline.kernels.codes import pack_codes
 from fgq_pipeline.kernels.im2col import im2col
 from fgq_pipeline.kernels.int8_gemm import int8_gemm
-from fgq_pipeline.kernels.reference import reference_group_sums, reference_int8_gemm, reference_ternary_gemm
+from fgq_pipeline.kernels.reference import (
+    reference_group_sums,
+    reference_int8_gemm,
+    reference_ternary_gemm,
+)
 from fgq_pipeline.kernels.ternary_gemm import ternary_gemm, ternary_gemv
 
 

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 
 from fgq_pipeline.kernels import IntegerNet, bits_per_weight, export_packed, load_packed
 from fgq_pipeline.models import CifarResNet, DigitsCNN, load_weights
-from fgq_pipeline.quant import QuantConfig, post_training_quantize, quant_layers, quantize_model
+from fgq_pipeline.quant import (
+    QuantConfig,
+    post_training_quantize,
+    quant_layers,
+    quantize_model,
+)
 
 TOLERANCE = 1e-4
 FLIP_TOLERANCE = 5e-2

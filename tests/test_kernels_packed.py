@@ -8,8 +8,14 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from fgq_pipeline.kernels import (ActivationFormat, IntegerNet, bits_per_weight, load_packed, pack_ternary_layer,
-                                  save_packed)
+from fgq_pipeline.kernels import (
+    ActivationFormat,
+    IntegerNet,
+    bits_per_weight,
+    load_packed,
+    pack_ternary_layer,
+    save_packed,
+)
 from fgq_pipeline.kernels.codes import pack_codes, unpack_codes
 from fgq_pipeline.kernels.packed import pack_int8_layer, to_reduction_order
 

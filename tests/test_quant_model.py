@@ -4,8 +4,18 @@ import pytest
 import torch
 from torch import nn
 
-from fgq_pipeline.quant import (ActQuantizer, QuantConfig, QuantConv2d, QuantLinear, calibrate_activations, count_ops,
-                                paper_speedup, post_training_quantize, quantize_model, reestimate_batchnorm)
+from fgq_pipeline.quant import (
+    ActQuantizer,
+    QuantConfig,
+    QuantConv2d,
+    QuantLinear,
+    calibrate_activations,
+    count_ops,
+    paper_speedup,
+    post_training_quantize,
+    quantize_model,
+    reestimate_batchnorm,
+)
 
 
 def small_net(c_in: int = 4) -> nn.Sequential:

@@ -11,7 +11,6 @@ import copy
 import itertools
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
+from .atomic import write_text_atomically
 from .quant import QuantConfig, count_ops, paper_speedup, quantize_model
 from .quant.opcount import FLOAT_BITS, TERNARY_BITS
 from .quant.ternary import GroupSize
@@ -227,26 +227,12 @@ def cost_table_csv(rows: list[dict]) -> str:
     return frame.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
 
 
-def _write_text_atomically(path: Path, text: str) -> Path:
-    """Temp file in the target dir + rename, so a failed run never leaves half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.chmod(temp_name, 0o644)  # mkstemp makes owner-only files; reports are shared
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def write_cost_table(out_dir: str | os.PathLike, **kwargs) -> dict[str, Path]:
     """Compute :func:`cost_rows` (``kwargs`` passed on) and write the CSV and markdown tables."""
     rows = cost_rows(**kwargs)
     directory = Path(out_dir)
     return {
-        CSV_NAME: _write_text_atomically(directory / CSV_NAME, cost_table_csv(rows)),
-        MARKDOWN_NAME: _write_text_atomically(directory / MARKDOWN_NAME, cost_table_markdown(rows)),
+        CSV_NAME: write_text_atomically(directory / CSV_NAME, cost_table_csv(rows)),
+        MARKDOWN_NAME: write_text_atomically(directory / MARKDOWN_NAME, cost_table_markdown(rows)),
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .atomic import write_text_atomically
 from .models import load_weights
 from .quant import QuantConfig
 
@@ -106,13 +106,7 @@ def calibration_batches(datamodule, cfg: DictConfig):
 
 def write_json(path: str | Path, payload) -> Path:
     """Write JSON atomically (temp file + rename) so a failed run never leaves half a file."""
-    path = resolve_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(handle.name, path)
-    return path
+    return write_text_atomically(resolve_path(path), json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .atomic import atomic_path
 
 RESULT_COLUMNS = [
     "model",
@@ -198,21 +199,8 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the target dir so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
-    )
-    os.close(handle)
-    temp_path = Path(temp_name)
-    try:
-        write(temp_path)
-        # mkstemp creates files readable only by the owner; reports are meant to be shared.
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        write(temp)
 
 
 def _write_text_atomically(path: Path, text: str) -> None:

@@ -12,7 +12,11 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from fgq_pipeline.data.base import InMemoryImageDataModule, RandomCropFlipDataset, seeded_subset
+from fgq_pipeline.data.base import (
+    InMemoryImageDataModule,
+    RandomCropFlipDataset,
+    seeded_subset,
+)
 from fgq_pipeline.data.npz import load_npz_split, save_npz_split
 
 DIGITS_MAX_VALUE = 16

@@ -12,7 +12,12 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from fgq_pipeline.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageDataModule, seeded_subset
+from fgq_pipeline.data.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataModule,
+    seeded_subset,
+)
 
 SPLIT_DIRS = {"train": "train", "test": "val"}
 

@@ -5,13 +5,13 @@ Digits and CIFAR-10 share this layout so the data modules only differ in how the
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 
 def load_npz_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -37,15 +37,8 @@ def save_npz_split(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
     """Write a split atomically so an interrupted run never leaves a half-written file behind."""
     path = Path(path)
     _check_arrays(x, y, source=f"arrays for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            np.savez_compressed(temp_file, x=x, y=y.astype(np.int64, copy=False))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, temp.open("wb") as temp_file:
+        np.savez_compressed(temp_file, x=x, y=y.astype(np.int64, copy=False))
     return path
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from ..atomic import atomic_path
 from .activations import ActivationFormat
 from .packed import PackedLayer
 
@@ -52,15 +51,8 @@ def save_packed(path: str | Path, layers: list[PackedLayer], graph: list[dict] |
         "graph": json.dumps(graph),
     }
     metadata["sha256"] = _digest(metadata, tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return path
 
 

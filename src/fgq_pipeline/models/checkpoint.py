@@ -4,9 +4,7 @@ checkpoints published elsewhere, such as DataParallel-trained CIFAR models.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -14,6 +12,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..atomic import atomic_path
 
 SAFETENSORS_SUFFIX = ".safetensors"
 DATA_PARALLEL_PREFIX = "module."
@@ -45,17 +45,8 @@ def save_weights(
     tensors = {
         name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix
-    )
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return path
 
 

@@ -2,10 +2,16 @@
 
 from .activation import ActQuantizer
 from .config import QuantConfig
+from .gptq import gptq_ternarize
 from .modules import QuantConv2d, QuantLinear, WeightFormat
 from .opcount import NetworkOps, count_ops, paper_speedup
-from .gptq import gptq_ternarize
-from .repair import calibrate_activations, correct_bias, post_training_quantize, reestimate_batchnorm, repair_weights
+from .repair import (
+    calibrate_activations,
+    correct_bias,
+    post_training_quantize,
+    reestimate_batchnorm,
+    repair_weights,
+)
 from .surgery import quant_layers, quantize_model, reset_activation_quantizers
 from .ternary import TernaryWeights, ternarize
 

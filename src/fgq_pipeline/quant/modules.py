@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activation import ActQuantizer
-from .ternary import GroupSize, TernaryWeights, ternarize, validate_group_size, validate_solver
+from .ternary import (
+    GroupSize,
+    TernaryWeights,
+    ternarize,
+    validate_group_size,
+    validate_solver,
+)
 
 WEIGHT_KINDS = ("ternary", "int8", "float")
 INT8_MAX = 127

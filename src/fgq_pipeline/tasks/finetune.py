@@ -7,7 +7,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from ..experiment import build_datamodule, build_model, quant_config, resolve_path, seed_everything
+from ..experiment import (
+    build_datamodule,
+    build_model,
+    quant_config,
+    resolve_path,
+    seed_everything,
+)
 from ..models import load_weights, save_weights
 from ..quant import QuantConfig, quantize_model
 from ..tracking import tracking_uri

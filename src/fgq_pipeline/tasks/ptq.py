@@ -9,8 +9,21 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .. import tracking
-from ..experiment import build_datamodule, build_model, calibration_batches, ptq_grid, quant_config, seed_everything
-from ..quant import QuantConfig, calibrate_activations, quantize_model, repair_weights, reset_activation_quantizers
+from ..experiment import (
+    build_datamodule,
+    build_model,
+    calibration_batches,
+    ptq_grid,
+    quant_config,
+    seed_everything,
+)
+from ..quant import (
+    QuantConfig,
+    calibrate_activations,
+    quantize_model,
+    repair_weights,
+    reset_activation_quantizers,
+)
 from ..train import evaluate
 from .records import result_record, run_name
 
