@@ -14,7 +14,7 @@ def main() -> None:
         datamodule = build_datamodule(cfg)  # writes the splits where the dataset is made, not found
         manifest = {
             "dataset": cfg.data.name,
-            "root": str(resolve_path(cfg.data.root)),
+            "root": str(cfg.data.root),  # as configured: the lock file stays the same in every clone
             "train_images": datamodule.num_train_images,
             "test_images": datamodule.num_test_images,
             "classes": datamodule.num_classes,
