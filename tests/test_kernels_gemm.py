@@ -15,7 +15,14 @@ from fgq_pipeline.kernels.reference import (
     reference_int8_gemm,
     reference_ternary_gemm,
 )
-from fgq_pipeline.kernels.ternary_gemm import ternary_gemm, ternary_gemv
+from fgq_pipeline.kernels.ternary_gemm import (
+    BATCH_ROWS,
+    TILE_OUTPUTS,
+    _ternary_gemm_batched_kernel,
+    _ternary_gemm_kernel,
+    ternary_gemm,
+    ternary_gemv,
+)
 
 
 def activations(rng, shape, bits: int, signed: bool) -> np.ndarray:
@@ -71,6 +78,47 @@ def test_any_shape_sums_exactly(seed, rows, filters, positions, channels, group_
     args = operands(seed, rows, filters, positions, channels, group_size, bits, signed, power_of_two_scales=True)
     np.testing.assert_array_equal(ternary_gemm(*args), reference_ternary_gemm(*args).astype(np.float32))
 
+
+# Batched path: M >= BATCH_ROWS; M = 70 and 130 leave a remainder for the row path, K = 7 and 9 leave
+# a partial output tile. N in {1, 3, 4, 16, 64, C}, C divisible by N or not, conv-like L = positions * C.
+BATCHED_CASES = [
+    (9, 16, 1), (9, 16, 3), (9, 10, 4), (9, 16, 4), (4, 50, 16), (1, 128, 64), (9, 16, 64), (2, 200, 200),
+]
+
+
+@pytest.mark.parametrize("positions, channels, group_size", BATCHED_CASES)
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("rows, filters", [(BATCH_ROWS - 1, 7), (BATCH_ROWS, 9), (70, 7), (2 * BATCH_ROWS + 2, 5)])
+def test_batched_path_matches_the_reference(positions, channels, group_size, signed, rows, filters):
+    assert filters % TILE_OUTPUTS
+    x, *rest = operands(3, rows, filters, positions, channels, group_size, 8, signed, power_of_two_scales=False)
+    expected = reference_ternary_gemm(x, *rest)
+    np.testing.assert_allclose(ternary_gemm(x, *rest), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    exact = operands(4, rows, filters, positions, channels, group_size, 8, signed, power_of_two_scales=True)
+    np.testing.assert_array_equal(ternary_gemm(*exact), reference_ternary_gemm(*exact).astype(np.float32))
+
+
+@pytest.mark.parametrize("positions, channels, group_size", BATCHED_CASES)
+@pytest.mark.parametrize("signed", [False, True])
+def test_batched_and_row_paths_are_bit_identical_on_exact_sums(positions, channels, group_size, signed):
+    """Power-of-two scales keep every fp32 partial sum exact, so any difference is an integer error."""
+    x, codes, scales, bias, act_scale, channels, n = operands(
+        5, 2 * BATCH_ROWS, 6, positions, channels, group_size, 8, signed, power_of_two_scales=True)
+    args = (codes, scales, bias, np.float32(act_scale), channels, n)
+    batched, rows = np.empty((2, x.shape[0], codes.shape[0]), dtype=np.float32)
+    _ternary_gemm_batched_kernel(x, *args, batched)
+    _ternary_gemm_kernel(x, *args, rows)
+    np.testing.assert_array_equal(batched, rows)
+
+
+def test_batched_path_is_exact_at_the_int8_and_uint8_extremes():
+    """All activations at +-max and all weights at one sign: the largest group sums (|s| = N * 255)."""
+    channels, n = 256, 128
+    codes = pack_codes(np.array([[1] * 256, [-1] * 256, [1, -1] * 128], dtype=np.int8))
+    scales, bias = np.ones((3, 2), np.float32), np.zeros(3, np.float32)
+    for x in (np.full((BATCH_ROWS, 256), 255, np.uint8), np.full((BATCH_ROWS, 256), -127, np.int8)):
+        args = (x, codes, scales, bias, 1.0, channels, n)
+        np.testing.assert_array_equal(ternary_gemm(*args), reference_ternary_gemm(*args).astype(np.float32))
 
 def test_reference_group_sums_count_codes_times_activations():
     x = np.array([[1, 2, 3, 4, 5]], dtype=np.uint8)

@@ -77,13 +77,27 @@ def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project)
 
 
 @pytest.mark.slow
+def test_dvc_repro_smoke_run_benchmarks_the_integer_path_into_mlflow(smoke_project):
+    root, _ = smoke_project
+    params = OmegaConf.load(root / "params.yaml")
+    summary = json.loads((root / params.paths.bench_metrics).read_text())
+    assert {"compile_s", "cache_load_s", "idle", "gemv_vs_fp32.n4.t1", "network_b1_vs_fp32.n4.t1"} <= summary.keys()
+    timings = pd.read_csv(root / params.paths.bench_reports / "bench.csv")
+    assert set(timings.workload) == {"fc", "conv", "cifar_resnet8"}
+    assert (timings.median_ms.dropna() > 0).all()
+    (bench_run,) = [r for r in runs(root / "store.db", "fgq-digits") if r.data.tags["stage"] == "bench"]
+    assert bench_run.data.metrics["gemv_vs_fp32.n4.t1"] == pytest.approx(summary["gemv_vs_fp32.n4.t1"])
+    assert any(key.startswith("ms/numba_ternary/t1/cifar_resnet8/") for key in bench_run.data.metrics)
+
+
+@pytest.mark.slow
 def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_run(smoke_project):
     root, env = smoke_project
     status = subprocess.run(["dvc", "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert "up to date" in status.stdout
     finished = runs(root / "store.db", "fgq-digits")
     stages = {run.data.tags["stage"] for run in finished}
-    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "report", "cost_table"}
+    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "report", "cost_table", "bench"}
     assert all(run.info.status == "FINISHED" for run in finished)
     ptq_children = [r for r in finished if r.data.tags["stage"] == "ptq" and "mlflow.parentRunId" in r.data.tags]
     reports = root / OmegaConf.load(root / "params.yaml").paths.reports
@@ -95,12 +109,20 @@ def cli(name: str) -> list[str]:
     return [script] if script else [sys.executable, "-m", f"fgq_pipeline.cli.{name.removeprefix('fgq-')}"]
 
 
-@pytest.mark.slow
-def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(tmp_path):
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory):
+    """FP32 digits weights from `fgq-train debug=smoke`, and the overrides that point jobs at them."""
+    tmp_path = tmp_path_factory.mktemp("cli")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"}
     common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"paths.fp32_weights={tmp_path / 'fp32.safetensors'}",
               f"hydra.run.dir={tmp_path / 'train'}"]
     subprocess.run(cli("fgq-train") + common, env=env, check=True, capture_output=True)
+    return tmp_path, env, common
+
+
+@pytest.mark.slow
+def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trained_digits):
+    tmp_path, env, common = trained_digits
     sweep = tmp_path / "sweep"
     result = subprocess.run(
         cli("fgq-ptq") + ["-m", "quant.group_size=4,64", "quant.act_bits=8,4", f"hydra.sweep.dir={sweep}"] + common,
@@ -111,8 +133,33 @@ def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(tmp_
     assert sorted((m["group_size"], m["act_bits"]) for m in metrics) == [(4, 4), (4, 8), (64, 4), (64, 8)]
     assert all({"fp32_top1", "top1", "top5", "mult_eliminated"} <= m.keys() for m in metrics)
     all_runs = runs(tmp_path / "store.db", "fgq-digits")
-    (parent,) = [r for r in all_runs if r.data.tags["stage"] == "sweep"]
+    (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
     jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(jobs) == 4
     assert all(r.info.status == "FINISHED" for r in jobs + [parent])
     assert sorted(r.data.metrics["top1"] for r in jobs) == sorted(m["top1"] for m in metrics)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(trained_digits):
+    """joblib runs the jobs in two processes writing to the one SQLite store at once."""
+    tmp_path, env, common = trained_digits
+    sweep = tmp_path / "parallel"
+    result = subprocess.run(
+        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
+                          "quant.act_bits=32,8,4", f"hydra.sweep.dir={sweep}"] + common,
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stdout + result.stderr
+    all_runs = runs(tmp_path / "store.db", "fgq-digits")
+    (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
+    jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    configs = sorted((r.data.params["quant.group_size"], r.data.params["quant.act_bits"]) for r in jobs)
+    assert configs == sorted((n, b) for n in ("4", "64") for b in ("32", "8", "4"))  # six runs, no duplicates
+    assert all(r.info.status == "FINISHED" and "top1" in r.data.metrics for r in jobs)
+    assert parent.info.status == "FINISHED"
+    metrics = {(str(m["group_size"]), str(m["act_bits"])): m["top1"]
+               for m in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}
+    assert {(r.data.params["quant.group_size"], r.data.params["quant.act_bits"]): r.data.metrics["top1"]
+            for r in jobs} == metrics

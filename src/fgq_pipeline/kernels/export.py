@@ -65,7 +65,7 @@ class _Exporter:
 
     def module(self, name: str, module: nn.Module, norm: nn.BatchNorm2d | None) -> None:
         if isinstance(module, (QuantConv2d, QuantLinear)):
-            self.layers.append(_pack_layer(name, module, norm, self.scale_dtype))
+            self.layers.append(pack_quant_layer(name, module, norm, self.scale_dtype))
             self.graph.append({"op": "layer", "name": name})
         elif isinstance(module, nn.ReLU):
             self.graph.append({"op": "relu"})
@@ -102,7 +102,7 @@ class _Exporter:
         self.graph.append({"op": "relu"})
 
 
-def _pack_layer(name: str, layer: nn.Module, norm: nn.BatchNorm2d | None, scale_dtype: str) -> PackedLayer:
+def pack_quant_layer(name: str, layer: nn.Module, norm: nn.BatchNorm2d | None, scale_dtype: str) -> PackedLayer:
     """One quantized layer, with the BatchNorm that follows it (if any) folded in."""
     out_channels = layer.weight.shape[0]
     bias = _cpu(layer.bias_correction) + (_cpu(layer.bias) if layer.bias is not None else 0.0)

@@ -15,6 +15,16 @@ Layout: x [M, L] with L = positions * channels, (r, s, c) order; codes [K, ceil(
 the first) are exactly one code byte each and take a fused path that decodes in registers; other
 group sizes decode a weight row to int8 once and reuse it for all M inputs. See README.md for
 what the generated code looks like and why the index arithmetic is unsigned.
+
+Batched path (M >= BATCH_ROWS): the row path re-decodes codes and re-reads scales for every (k, m)
+pair, so at batch 64 it lost to fp32 GEMM. Whole blocks of BATCH_ROWS inputs instead go through a
+kernel that vectorises across the inputs: x is transposed once to xt [L + 3, M] int16 (3 zero rows
+so a 4-weight step may run past L), TILE_OUTPUTS weight rows are decoded once per tile, and every
+xt load serves all of them. A group is walked in steps of 4 weights (weights past the group's end
+masked to 0): a step's partial sum is at most 4 * 255 = 1,020 in magnitude and is computed in int16
+(no widening); groups of more than 4 weights add the steps in int32, under the same bound as above.
+Leftover rows (M mod BATCH_ROWS) take the row path. Both paths compute the same exact group sums;
+only the fp32 accumulation order differs.
 """
 
 from __future__ import annotations
@@ -28,6 +38,14 @@ from .operands import check_activations, check_operand
 # Reassociation lets LLVM vectorise the fp32 sum over groups; contraction lets it fuse
 # scale * sum + acc into an FMA. Integer arithmetic is exact either way.
 FLOAT_FASTMATH = {"reassoc", "contract"}
+
+# Batched path: inputs per block (the lanes of its vector loop: fp32 accumulators in zmm, 16 at a
+# time, unrolled 4x; narrower blocks left LLVM's main vector loop unused or made it slower), outputs
+# decoded and accumulated together (8 spilled registers and fell back to scalar code), weights per
+# step of a group. Below BATCH_ROWS inputs the row path is faster (measured in README.md).
+BATCH_ROWS = 64
+TILE_OUTPUTS = 4
+STEP = 4
 
 
 @njit(cache=True, fastmath=FLOAT_FASTMATH)
@@ -101,6 +119,105 @@ def _ternary_gemm_kernel(x, codes, scales, bias, act_scale, channels, group_size
                 out[m, k] = _decoded_groups_dot(decoded, x[m], scales[k], channels, group_size) * act_scale + bias[k]
 
 
+@njit(cache=True)
+def _transpose_to_int16(x, xt):
+    """x [M, L] -> xt [L + STEP - 1, M] int16 (rows past L stay zero): one contiguous row per weight."""
+    for m in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            xt[j, m] = x[m, j]
+
+
+@njit(cache=True)
+def _step_weights(decoded, j, stop, weights):
+    """weights[t, q] = decoded[t, j + q], or 0 past the group's end, so a step never leaks into the next group."""
+    for t in range(TILE_OUTPUTS):
+        for q in range(STEP):
+            jq = j + np.uint64(q)
+            weights[t, q] = decoded[t, jq] if jq < stop else np.int16(0)
+
+
+@njit(cache=True, fastmath=FLOAT_FASTMATH)
+def _tile_accumulate(decoded, xt, tile_scales, positions, channels, group_size, weights, group_sums, acc):
+    """acc[t, m] = sum_g scale[t, g] * groupsum[t, g, m] for TILE_OUTPUTS weight rows and all inputs.
+
+    The innermost loop runs over BATCH_ROWS inputs (a constant trip count, unsigned indices) with the
+    TILE_OUTPUTS rows unrolled inside it, so each xt load feeds every output of the tile. A step's
+    four products are summed in int16 (bound 4 * 255); groups of one step go straight to fp32.
+    """
+    blocks = xt.shape[1] // BATCH_ROWS
+    groups = (channels + group_size - 1) // group_size
+    steps = (group_size + STEP - 1) // STEP
+    scale = np.empty(TILE_OUTPUTS, dtype=np.float32)
+    scale_index = 0
+    for p in range(positions):
+        position_end = np.uint64((p + 1) * channels)
+        for g in range(groups):
+            start = np.uint64(p * channels + g * group_size)
+            stop = min(start + np.uint64(group_size), position_end)
+            for t in range(TILE_OUTPUTS):
+                scale[t] = tile_scales[t, scale_index]
+            scale_index += 1
+            if steps == 1:
+                _step_weights(decoded, start, stop, weights)
+                j = start
+                for block in range(blocks):
+                    base = np.uint64(block * BATCH_ROWS)
+                    for m in range(BATCH_ROWS):
+                        i = base + np.uint64(m)
+                        x0, x1 = xt[j, i], xt[j + np.uint64(1), i]
+                        x2, x3 = xt[j + np.uint64(2), i], xt[j + np.uint64(3), i]
+                        for t in range(TILE_OUTPUTS):
+                            step_sum = np.int16(weights[t, 0] * x0 + weights[t, 1] * x1
+                                                + weights[t, 2] * x2 + weights[t, 3] * x3)
+                            acc[t, i] += scale[t] * np.float32(step_sum)
+                continue
+            for block in range(blocks):
+                base = np.uint64(block * BATCH_ROWS)
+                group_sums[:] = 0
+                j = start
+                while j < stop:
+                    _step_weights(decoded, j, stop, weights)
+                    for m in range(BATCH_ROWS):
+                        i = base + np.uint64(m)
+                        x0, x1 = xt[j, i], xt[j + np.uint64(1), i]
+                        x2, x3 = xt[j + np.uint64(2), i], xt[j + np.uint64(3), i]
+                        for t in range(TILE_OUTPUTS):
+                            step_sum = np.int16(weights[t, 0] * x0 + weights[t, 1] * x1
+                                                + weights[t, 2] * x2 + weights[t, 3] * x3)
+                            group_sums[t, m] = np.int32(group_sums[t, m] + np.int32(step_sum))
+                    j += np.uint64(STEP)
+                for m in range(BATCH_ROWS):
+                    i = base + np.uint64(m)
+                    for t in range(TILE_OUTPUTS):
+                        acc[t, i] += scale[t] * np.float32(group_sums[t, m])
+
+
+@njit(cache=True, parallel=True)
+def _ternary_gemm_batched_kernel(x, codes, scales, bias, act_scale, channels, group_size, out):
+    """Rows of x: a multiple of BATCH_ROWS. Tiles of TILE_OUTPUTS outputs run in parallel; a last,
+    partial tile is padded with zero weights and scales, and its padding rows are not written."""
+    rows, length = x.shape
+    xt = np.zeros((length + STEP - 1, rows), dtype=np.int16)
+    _transpose_to_int16(x, xt)
+    outputs = codes.shape[0]
+    for tile in prange((outputs + TILE_OUTPUTS - 1) // TILE_OUTPUTS):
+        k0 = tile * TILE_OUTPUTS
+        live = min(TILE_OUTPUTS, outputs - k0)
+        decoded = np.zeros((TILE_OUTPUTS, codes.shape[1] * CODES_PER_BYTE), dtype=np.int8)
+        tile_scales = np.zeros((TILE_OUTPUTS, scales.shape[1]), dtype=np.float32)
+        for t in range(live):
+            _decode_row(codes[k0 + t], decoded[t])
+            tile_scales[t] = scales[k0 + t]
+        weights = np.empty((TILE_OUTPUTS, STEP), dtype=np.int16)
+        group_sums = np.empty((TILE_OUTPUTS, BATCH_ROWS), dtype=np.int32)
+        acc = np.zeros((TILE_OUTPUTS, rows), dtype=np.float32)
+        _tile_accumulate(decoded, xt, tile_scales, length // channels, channels, group_size, weights,
+                         group_sums, acc)
+        for t in range(live):
+            for m in range(rows):
+                out[m, k0 + t] = acc[t, m] * act_scale + bias[k0 + t]
+
+
 def ternary_gemm(
     x: np.ndarray,
     codes: np.ndarray,
@@ -113,7 +230,12 @@ def ternary_gemm(
     """fp32 [M, K] outputs of integer activations ``x`` [M, L] against packed ternary ``codes``."""
     _check_operands(x, codes, scales, bias, channels, group_size)
     out = np.empty((x.shape[0], codes.shape[0]), dtype=np.float32)
-    _ternary_gemm_kernel(x, codes, scales, bias, np.float32(act_scale), channels, group_size, out)
+    args = (codes, scales, bias, np.float32(act_scale), channels, group_size)
+    batched = x.shape[0] - x.shape[0] % BATCH_ROWS  # whole blocks take the batched path, the rest the row path
+    if batched:
+        _ternary_gemm_batched_kernel(x[:batched], *args, out[:batched])
+    if batched < x.shape[0]:
+        _ternary_gemm_kernel(x[batched:], *args, out[batched:])
     return out
 
 

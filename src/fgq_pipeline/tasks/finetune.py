@@ -27,7 +27,8 @@ def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
 
 
 def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
-    """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients.
+    """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients,
+    optionally distilling from the FP32 model it started from (``finetune.distill_weight``).
 
     Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one.
     Runs inside an active MLflow run, which the Lightning logger writes into.
@@ -39,7 +40,12 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
     model = PostTrainingQuantizer(cfg, fp32_model, datamodule).model(quant)
     before = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
-    module = ClassifierModule(model, lr=cfg.finetune.lr, epochs=cfg.finetune.epochs, optimizer=cfg.finetune.optimizer)
+    settings = cfg.finetune
+    module = ClassifierModule(
+        model, lr=settings.lr, epochs=settings.epochs, optimizer=settings.optimizer,
+        weight_decay=settings.weight_decay, teacher=fp32_model if settings.distill_weight > 0 else None,
+        distill_weight=settings.distill_weight, distill_temperature=settings.distill_temperature,
+    )
     logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
     resume = cfg.finetune.get("resume_from")

@@ -15,7 +15,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class ClassifierModule(pl.LightningModule):
-    """Cross-entropy training with SGD or Adam and a per-epoch cosine learning-rate schedule."""
+    """Cross-entropy training with SGD or Adam and a per-epoch cosine learning-rate schedule.
+
+    With a ``teacher`` (the FP32 model a quantized one started from), the loss blends cross-entropy
+    with knowledge distillation: ``distill_weight`` of it is the KL divergence to the teacher's
+    softened outputs, which carries more signal per image than the labels on a small training set.
+    """
 
     def __init__(
         self,
@@ -26,6 +31,9 @@ class ClassifierModule(pl.LightningModule):
         epochs: int = 10,
         optimizer: str = "sgd",
         num_classes: int | None = None,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -34,8 +42,15 @@ class ClassifierModule(pl.LightningModule):
             raise ValueError(f"lr must be positive, got {lr!r}")
         if epochs < 1:
             raise ValueError(f"epochs (the cosine schedule length) must be >= 1, got {epochs!r}")
-        self.save_hyperparameters(ignore=["model"])
+        if not 0 <= distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
+        if distill_weight > 0 and teacher is None:
+            raise ValueError(f"distill_weight={distill_weight!r} needs a teacher model to distill from")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {distill_temperature!r}")
+        self.save_hyperparameters(ignore=["model", "teacher"])
         self.model = model
+        self.teacher = teacher.requires_grad_(False) if teacher is not None else None
         classes = num_classes if num_classes is not None else infer_num_classes(model)
         self.train_acc = MulticlassAccuracy(num_classes=classes, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes=classes, average="micro")
@@ -46,11 +61,25 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = self._loss(logits, images, labels)
         self.train_acc(logits, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def _loss(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, labels)
+        weight, temperature = self.hparams.distill_weight, self.hparams.distill_temperature
+        if weight == 0:
+            return loss
+        self.teacher.eval()  # its batch-norm statistics stay those it was trained with
+        with torch.no_grad():
+            soft_targets = F.log_softmax(self.teacher(images) / temperature, dim=1)
+        distill = F.kl_div(
+            F.log_softmax(logits / temperature, dim=1), soft_targets, log_target=True, reduction="batchmean"
+        ) * temperature**2
+        self.log("train_distill_loss", distill, on_step=False, on_epoch=True)
+        return (1 - weight) * loss + weight * distill
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, labels = batch

@@ -1,0 +1,170 @@
+"""Benchmark tables and plot for ``reports/``: per-cell medians with their spread, speedups against
+torch at the same thread count, the paper's potential speedup beside them, and the targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fgq_pipeline.atomic import atomic_path, write_text_atomically
+
+from .run import Machine
+from .workloads import FP32, INT8, NUMBA
+
+CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size"]
+PNG_DPI = 110
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio that must reach ``minimum`` on every workload the selection keeps (the worst counts)."""
+
+    key: str  # metric name
+    label: str
+    kind: tuple[str, ...]
+    batch: str  # "1" or ">1"
+    baseline: str
+    minimum: float
+
+
+TARGETS = (
+    Target("gemv_vs_fp32", "batch-1 FC GEMV vs torch fp32", ("linear",), "1", FP32, 8.0),
+    Target("gemv_vs_int8", "batch-1 FC GEMV vs torch int8 dynamic", ("linear",), "1", INT8, 1.0),
+    Target("gemm_vs_fp32", "batched GEMM (FC and conv) vs torch fp32", ("linear", "conv"), ">1", FP32, 1.0),
+    Target("network_b1_vs_fp32", "whole network, batch 1, vs torch fp32", ("network",), "1", FP32, 1.5),
+)
+
+
+def speedup_frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per cell: the three medians and the ternary path's speedup over each torch path."""
+    frame = pd.DataFrame(rows)
+    index = CELL_KEYS + ["potential_speedup"]
+    medians = frame.pivot(index=index, columns="candidate", values="median_ms")
+    spread = frame.pivot(index=index, columns="candidate", values=["min_ms", "max_ms"])
+    spread.columns = [f"{candidate}_{stat.removesuffix('_ms')}" for stat, candidate in spread.columns]
+    medians = medians.join(spread).reset_index()
+    medians.columns.name = None
+    medians["speedup_vs_fp32"] = medians[FP32] / medians[NUMBA]
+    medians["speedup_vs_int8"] = medians[INT8] / medians[NUMBA]
+    return medians.sort_values(["threads", "group_size", "kind", "workload", "batch"], kind="stable",
+                               ignore_index=True)
+
+
+def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
+    """Each target per group size at ``threads``: the worst ratio over the workloads it covers."""
+    results = []
+    for target in TARGETS:
+        column = "speedup_vs_fp32" if target.baseline == FP32 else "speedup_vs_int8"
+        chosen = cells[(cells["threads"] == threads) & cells["kind"].isin(target.kind)]
+        chosen = chosen[chosen["batch"] == 1] if target.batch == "1" else chosen[chosen["batch"] > 1]
+        for group_size, rows in chosen.groupby("group_size"):
+            rows = rows.dropna(subset=[column])
+            if rows.empty:
+                continue
+            worst = rows.loc[rows[column].idxmin()]
+            results.append({"key": target.key, "target": target.label, "group_size": int(group_size), "threads": threads,
+                            "required": target.minimum, "measured": float(worst[column]),
+                            "worst_case": f"{worst['workload']} batch {int(worst['batch'])}",
+                            "met": bool(worst[column] >= target.minimum)})
+    return results
+
+
+def summary_metrics(cells: pd.DataFrame, targets: list[dict], machine: Machine) -> dict:
+    """The flat numbers metrics/bench.json and MLflow keep: every target's measured ratio."""
+    metrics = {"compile_s": machine.compile_s, "cache_load_s": machine.cache_load_s,
+               "background_cpus_before": machine.background_cpus_before,
+               "background_cpus_after": machine.background_cpus_after, "idle": machine.idle}
+    for result in targets:
+        metrics[f"{result['key']}.n{result['group_size']}.t{result['threads']}"] = round(result["measured"], 4)
+    return metrics
+
+
+def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine) -> str:
+    idle = {True: "idle", False: "BUSY (timings inflated)", None: "idle state unknown"}[machine.idle]
+    lines = [
+        "# Measured speed of the integer path",
+        "",
+        (f"Machine: {machine.cpu}, {machine.cpus} CPUs, {idle}: other processes used "
+         f"{_cpus(machine.background_cpus_before)} CPUs before and {_cpus(machine.background_cpus_after)} after "
+         f"(limit {machine.max_background_cpus}). numba {machine.numba}, torch {machine.torch}."),
+        (f"Numba ternary kernel: compile {machine.compile_s:.2f} s on first use, {machine.cache_load_s:.3f} s to "
+         "load from its on-disk cache."),
+        "",
+        ("Every cell is the median of interleaved rounds (min-max in brackets), float32 in and out, input "
+         "quantization included. Speedup = torch time / Numba ternary time at the same thread count; "
+         "\"potential\" is the paper's cost model for the same N."),
+        "",
+        "## Targets",
+        "",
+        "| target | N | threads | required | measured (worst case) | met |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for result in targets:
+        lines.append(f"| {result['target']} | {result['group_size']} | {result['threads']} | "
+                     f">= {result['required']:.1f}x | {result['measured']:.2f}x ({result['worst_case']}) | "
+                     f"{'yes' if result['met'] else 'no'} |")
+    for threads, rows in cells.groupby("threads"):
+        lines += ["", f"## {threads} thread{'s' if threads > 1 else ''}", "",
+                  ("| workload | shape | batch | N | Numba ternary ms | torch fp32 ms | torch int8 ms | "
+                   "vs fp32 | vs int8 | potential |"),
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for _, row in rows.iterrows():
+            lines.append(f"| {row['workload']} | {row['shape']} | {row['batch']} | {row['group_size']} | "
+                         f"{_ms(row, NUMBA)} | {_ms(row, FP32)} | {_ms(row, INT8)} | {_ratio(row['speedup_vs_fp32'])} | "
+                         f"{_ratio(row['speedup_vs_int8'])} | {row['potential_speedup']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
+    """Measured speedup over torch fp32 per cell next to the paper's potential, log scale."""
+    rows = cells[cells["threads"] == threads].reset_index(drop=True)
+    labels = [f"{r.workload}\nb{r.batch} N={r.group_size}" for r in rows.itertuples()]
+    figure = Figure(figsize=(max(8.0, 0.45 * len(rows)), 5.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = range(len(rows))
+    axes.bar([p - 0.2 for p in positions], rows["speedup_vs_fp32"], width=0.4, label="measured vs torch fp32")
+    axes.bar([p + 0.2 for p in positions], rows["potential_speedup"], width=0.4, color="lightgray",
+             label="paper's potential (cost model)")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks(list(positions), labels, rotation=90, fontsize=7)
+    axes.set_ylabel("speedup over torch fp32 (x)")
+    axes.set_title(f"Numba ternary path vs torch fp32, {threads} thread{'s' if threads > 1 else ''}")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temp:
+        figure.savefig(temp, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    return path
+
+
+def write_bench_report(rows: list[dict], machine: Machine, out_dir: str | Path) -> tuple[dict, dict[str, Path]]:
+    """bench.csv (every timing), bench.md (tables and targets), bench_speedup.png; returns the summary."""
+    out_dir = Path(out_dir)
+    cells = speedup_frame(rows)
+    primary = min(cells["threads"])
+    targets = [t for threads in sorted(cells["threads"].unique()) for t in evaluate_targets(cells, int(threads))]
+    paths = {"csv": out_dir / "bench.csv", "markdown": out_dir / "bench.md", "plot": out_dir / "bench_speedup.png"}
+    with atomic_path(paths["csv"]) as temp:
+        pd.DataFrame(rows).to_csv(temp, index=False, float_format="%.4f", lineterminator="\n")
+    write_text_atomically(paths["markdown"], bench_markdown(cells, targets, machine))
+    plot_speedups(cells, paths["plot"], int(primary))
+    return summary_metrics(cells, [t for t in targets if t["threads"] == primary], machine), paths
+
+
+def _ms(row: pd.Series, candidate: str) -> str:
+    if pd.isna(row[candidate]):
+        return "n/a"
+    return f"{row[candidate]:.3f} ({row[candidate + '_min']:.3f}-{row[candidate + '_max']:.3f})"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.2f}x"
+
+
+def _cpus(load: float | None) -> str:
+    return "unknown" if load is None else f"{load:.2f}"

@@ -1,0 +1,155 @@
+"""One benchmark run: build each workload once, time it at every thread count, and record how
+busy the machine was before and after, since other processes inflate and scatter the timings."""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numba
+import torch
+from tqdm.auto import tqdm
+
+from .compile_time import compile_and_cache_load_seconds
+from .timing import background_cpus, time_interleaved
+from .workloads import (
+    CANDIDATES,
+    TORCH_QUANTIZED_DEPRECATION,
+    Workload,
+    conv_workload,
+    linear_workload,
+    network_workload,
+)
+
+LINEAR_KEYS = ("in_features", "out_features")
+CONV_KEYS = ("in_channels", "out_channels", "kernel", "stride", "padding", "size")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    rounds: int
+    threads: tuple[int, ...]
+    batches: tuple[int, ...]
+    group_sizes: tuple[int, ...]
+    linear: tuple[Mapping, ...]  # {name, in_features, out_features}
+    conv: tuple[Mapping, ...]  # {name, in_channels, out_channels, kernel, stride, padding, size}
+    network_depth: int | None
+    network_checkpoint: Path | None
+    max_background_cpus: float
+    require_idle: bool
+
+    def __post_init__(self) -> None:
+        _positive_int("bench.rounds", self.rounds)
+        cpus = os.cpu_count() or 1
+        for name, values in (("threads", self.threads), ("batches", self.batches), ("group_sizes", self.group_sizes)):
+            if not values:
+                raise ValueError(f"bench.{name} is empty; give at least one value")
+            for value in values:
+                _positive_int(f"bench.{name}", value)
+        if max(self.threads) > min(cpus, numba.config.NUMBA_NUM_THREADS):
+            raise ValueError(f"bench.threads={list(self.threads)} asks for more threads than the "
+                             f"{min(cpus, numba.config.NUMBA_NUM_THREADS)} this machine gives Numba")
+        for kind, keys, shapes in (("linear", LINEAR_KEYS, self.linear), ("conv", CONV_KEYS, self.conv)):
+            for index, shape in enumerate(shapes):
+                if set(shape) != {"name", *keys}:
+                    raise ValueError(f"bench.{kind}[{index}] must give exactly {['name', *keys]}, got {sorted(shape)}")
+                for key in keys:
+                    _positive_int(f"bench.{kind}[{index}].{key}", shape[key], allow_zero=key == "padding")
+        if self.max_background_cpus < 0:
+            raise ValueError(f"bench.max_background_cpus must be >= 0, got {self.max_background_cpus!r}")
+
+
+def _positive_int(what: str, value: object, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ValueError(f"{what} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Machine:
+    cpu: str
+    cpus: int
+    background_cpus_before: float | None
+    background_cpus_after: float | None
+    max_background_cpus: float
+    compile_s: float
+    cache_load_s: float
+    numba: str = numba.__version__
+    torch: str = torch.__version__
+
+    @property
+    def idle(self) -> bool | None:
+        """Whether other processes stayed under the limit before and after (None: unknown)."""
+        loads = [load for load in (self.background_cpus_before, self.background_cpus_after) if load is not None]
+        return max(loads) <= self.max_background_cpus if loads else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "idle": self.idle}
+
+
+def check_idle(settings: BenchSettings, when: str) -> float | None:
+    """Other processes' CPU use; an error when it exceeds the limit and ``require_idle`` is set."""
+    load = background_cpus()
+    if load is not None and load > settings.max_background_cpus:
+        message = (f"the machine is busy {when} the benchmark: other processes use {load:.2f} CPUs "
+                   f"(bench.max_background_cpus={settings.max_background_cpus}); ")
+        if settings.require_idle:
+            raise RuntimeError(message + "stop them, or set bench.require_idle=false to time anyway")
+        print("warning: " + message + "the timings will be inflated and scattered")
+    return load
+
+
+def workloads(settings: BenchSettings) -> Iterator[Callable[[], Workload]]:
+    """Builders, so only one workload's weights and inputs are in memory at a time."""
+    for group_size in settings.group_sizes:
+        for batch in settings.batches:
+            for shape in settings.linear:
+                yield lambda s=shape, b=batch, g=group_size: linear_workload(**s, batch=b, group_size=g)
+            for shape in settings.conv:
+                yield lambda s=shape, b=batch, g=group_size: conv_workload(**s, batch=b, group_size=g)
+            if settings.network_depth is not None:
+                yield lambda b=batch, g=group_size: network_workload(
+                    settings.network_depth, b, g, settings.network_checkpoint)
+
+
+def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
+    """One row per (workload, batch, group size, thread count, candidate), and the machine's state."""
+    before = check_idle(settings, "before")
+    compile_s, cache_load_s = compile_and_cache_load_seconds()
+    rows = []
+    builders = list(workloads(settings))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCH_QUANTIZED_DEPRECATION)
+        for build in tqdm(builders, desc="bench", unit="workload"):
+            workload = build()
+            for threads in settings.threads:
+                numba.set_num_threads(threads)
+                torch.set_num_threads(threads)
+                timings = time_interleaved(workload.candidates, settings.rounds)
+                rows += [_row(workload, threads, candidate, timings.get(candidate)) for candidate in CANDIDATES]
+    after = check_idle(settings, "after")
+    machine = Machine(_cpu_name(), os.cpu_count() or 1, before, after, settings.max_background_cpus,
+                      compile_s, cache_load_s)
+    return rows, machine
+
+
+def _row(workload: Workload, threads: int, candidate: str, timing) -> dict:
+    row = {"workload": workload.name, "kind": workload.kind, "shape": workload.shape, "batch": workload.batch,
+           "group_size": workload.group_size, "potential_speedup": workload.potential_speedup, "threads": threads,
+           "candidate": candidate}
+    if timing is None:
+        return {**row, "median_ms": None, "min_ms": None, "max_ms": None, "rounds": 0,
+                "note": workload.skipped.get(candidate, "not run")}
+    return {**row, **asdict(timing), "note": ""}
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

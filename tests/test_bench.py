@@ -1,0 +1,131 @@
+"""The benchmark: settings validation, interleaved timing, workloads that compute the same layer
+three ways, target evaluation and the report files."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fgq_pipeline.bench import (
+    background_cpus,
+    conv_workload,
+    linear_workload,
+    network_workload,
+    time_interleaved,
+)
+from fgq_pipeline.bench.report import (
+    evaluate_targets,
+    speedup_frame,
+    write_bench_report,
+)
+from fgq_pipeline.bench.run import BenchSettings, Machine
+from fgq_pipeline.bench.workloads import FP32, INT8, NUMBA
+
+GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
+            linear=({"name": "fc", "in_features": 32, "out_features": 8},), conv=(), network_depth=None,
+            network_checkpoint=None, max_background_cpus=0.25, require_idle=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rounds": 0}, "bench.rounds must be an integer >= 1, got 0"),
+    ({"threads": (1, 4096)}, "asks for more threads"),
+    ({"batches": ()}, "bench.batches is empty"),
+    ({"group_sizes": (4.5,)}, "bench.group_sizes must be an integer >= 1, got 4.5"),
+    ({"linear": ({"name": "fc", "in_features": 32},)}, r"bench.linear\[0\] must give exactly"),
+    ({"conv": ({"name": "c", "in_channels": 4, "out_channels": 4, "kernel": 3, "stride": 0, "padding": 1,
+                "size": 8},)}, r"bench.conv\[0\].stride must be an integer >= 1, got 0"),
+    ({"max_background_cpus": -1.0}, "max_background_cpus must be >= 0"),
+])
+def test_bad_settings_are_refused_naming_the_value(change, message):
+    with pytest.raises(ValueError, match=message):
+        BenchSettings(**{**GOOD, **change})
+
+
+def test_interleaved_timing_runs_every_candidate_each_round():
+    calls = {"a": 0, "b": 0}
+
+    def counter(name):
+        def call():
+            calls[name] += 1
+        return call
+
+    timings = time_interleaved({"a": counter("a"), "b": counter("b")}, rounds=5, warmup=2)
+    assert calls == {"a": 7, "b": 7}
+    for timing in timings.values():
+        assert timing.rounds == 5 and 0 <= timing.min_ms <= timing.median_ms <= timing.max_ms
+
+
+def test_background_load_is_measured_in_cpus():
+    load = background_cpus(window_s=0.2)
+    assert load is None or 0.0 <= load <= (__import__("os").cpu_count() or 1) + 0.5
+
+
+def _outputs(workload):
+    return {name: np.asarray(call() if name == NUMBA else call().detach()) for name, call in workload.candidates.items()}
+
+
+def test_linear_workload_candidates_compute_the_same_layer():
+    outputs = _outputs(linear_workload("fc", 64, 16, batch=3, group_size=4))
+    assert set(outputs) == {NUMBA, FP32, INT8}
+    reference = outputs[FP32]
+    for name in (NUMBA, INT8):  # quantized versions of the same layer: close, not equal
+        assert outputs[name].shape == reference.shape
+        assert np.corrcoef(outputs[name].ravel(), reference.ravel())[0, 1] > 0.9, name
+
+
+def test_conv_workload_candidates_compute_the_same_layer():
+    workload = conv_workload("conv", 8, 8, kernel=3, stride=1, padding=1, size=6, batch=2, group_size=4)
+    outputs = _outputs(workload)
+    reference = outputs[FP32].transpose(0, 2, 3, 1)  # the integer path runs NHWC
+    for name, out in outputs.items():
+        out = out if name == NUMBA else out.transpose(0, 2, 3, 1)
+        assert out.shape == reference.shape
+        assert np.corrcoef(out.ravel(), reference.ravel())[0, 1] > 0.9, name
+
+
+def test_network_workload_runs_the_whole_resnet_three_ways():
+    workload = network_workload(depth=8, batch=2, group_size=4, checkpoint=None)
+    outputs = _outputs(workload)
+    assert workload.shape.startswith("random")
+    assert {out.shape for out in outputs.values()} == {(2, 10)}
+    assert workload.potential_speedup > 1
+
+
+def _rows(numba_ms: float) -> list[dict]:
+    rows = []
+    for kind, name, batch in (("linear", "fc", 1), ("linear", "fc", 64), ("network", "net", 1)):
+        for candidate, ms in ((NUMBA, numba_ms), (FP32, 10.0), (INT8, 2.0)):
+            rows.append({"workload": name, "kind": kind, "shape": "s", "batch": batch, "group_size": 4,
+                         "potential_speedup": 9.1, "threads": 1, "candidate": candidate, "median_ms": ms,
+                         "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
+    return rows
+
+
+@pytest.mark.parametrize("numba_ms, met", [
+    (1.0, {"gemv_vs_fp32": True, "gemv_vs_int8": True, "gemm_vs_fp32": True, "network_b1_vs_fp32": True}),
+    (5.0, {"gemv_vs_fp32": False, "gemv_vs_int8": False, "gemm_vs_fp32": True, "network_b1_vs_fp32": True}),
+])
+def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
+    targets = {t["key"]: t for t in evaluate_targets(speedup_frame(_rows(numba_ms)), threads=1)}
+    assert {key: t["met"] for key, t in targets.items()} == met
+    assert targets["gemv_vs_fp32"]["measured"] == pytest.approx(10.0 / numba_ms)
+    assert targets["gemv_vs_int8"]["measured"] == pytest.approx(2.0 / numba_ms)
+    assert targets["gemm_vs_fp32"]["worst_case"] == "fc batch 64"
+
+
+def test_report_files_and_summary(tmp_path):
+    machine = Machine("test cpu", 2, 0.01, 0.5, 0.25, compile_s=3.0, cache_load_s=0.2)
+    summary, paths = write_bench_report(_rows(2.0), machine, tmp_path)
+    assert summary["idle"] is False and summary["gemv_vs_fp32.n4.t1"] == pytest.approx(5.0)
+    assert len(pd.read_csv(paths["csv"])) == 9
+    markdown = paths["markdown"].read_text()
+    assert "BUSY" in markdown and "| fc | s | 1 | 4 | 2.000 (2.000-2.000) | 10.000" in markdown
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_busy_machine_is_refused_when_idle_is_required(monkeypatch):
+    from fgq_pipeline.bench import run
+
+    monkeypatch.setattr(run, "background_cpus", lambda: 1.5)
+    with pytest.raises(RuntimeError, match=r"other processes use 1.50 CPUs .*bench.require_idle=false"):
+        run.check_idle(BenchSettings(**{**GOOD, "require_idle": True}), "before")
+    assert run.check_idle(BenchSettings(**GOOD), "before") == 1.5  # warns and times anyway
