@@ -10,7 +10,7 @@ from fgq_pipeline.tasks import run_finetune
 
 def main() -> None:
     cfg = load_params()
-    with tracking.tracked_run(cfg.mlflow.experiment, "finetune", OmegaConf.masked_copy(cfg, ["quant", "finetune", "calibration", "seed"])):
+    with tracking.tracked_run(cfg.mlflow.experiment, "finetune", OmegaConf.masked_copy(cfg, ["quant", "finetune", "trainer", "calibration", "seed"])):
         metrics = run_finetune(cfg, checkpoint_dir=str(resolve_path(cfg.paths.finetune_checkpoints)))
         tracking.log_metrics(metrics)
         write_json(cfg.paths.finetune_metrics, metrics)

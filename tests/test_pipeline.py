@@ -1,6 +1,7 @@
 """The pipeline end to end on a data subset: DVC stages, the Hydra apps, MLflow runs."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -163,3 +165,25 @@ def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(trained_digits)
                for m in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json"))}
     assert {(r.data.params["quant.group_size"], r.data.params["quant.act_bits"]): r.data.metrics["top1"]
             for r in jobs} == metrics
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
+    """Lightning DDP (spawned processes, gloo) from the CLI: a valid checkpoint and one MLflow run."""
+    tmp_path, env, common = trained_digits
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        cli("fgq-finetune") + common[:-1] + [f"hydra.run.dir={run_dir}", "trainer.devices=2", "trainer.strategy=ddp_spawn"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.5 < metrics["top1"] <= 1.0 and metrics["epochs"] == 1
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    params = compose_config(["debug=smoke"])
+    per_process = math.ceil(params.data.subset_train / 2)  # DistributedSampler halves the training split
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["global_step"] == math.ceil(per_process / params.data.batch_size)
+    (run,) = [r for r in runs(tmp_path / "store.db", "fgq-digits")
+              if r.data.tags["stage"] == "fgq-finetune" and "trainer.devices=2" in r.info.run_name]
+    assert run.info.status == "FINISHED" and run.data.params["trainer.strategy"] == "ddp_spawn"

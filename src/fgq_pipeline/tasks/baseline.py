@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mlflow
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 from ..experiment import build_datamodule, build_model, resolve_path, seed_everything
@@ -24,7 +24,8 @@ def train_baseline(cfg: DictConfig) -> dict:
         model = build_model(cfg, load_checkpoint=False)
         module = ClassifierModule(model, lr=cfg.baseline.lr, epochs=cfg.baseline.epochs, optimizer=cfg.baseline.optimizer)
         logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
-        fit(module, datamodule, epochs=cfg.baseline.epochs, logger=logger)
+        fit(module, datamodule, epochs=cfg.baseline.epochs, logger=logger,
+            trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     else:
         model = build_model(cfg)
     save_weights(model, resolve_path(cfg.paths.fp32_weights), metadata={"model": cfg.model.name})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mlflow
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
@@ -50,7 +50,8 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
     resume = cfg.finetune.get("resume_from")
     fit(module, datamodule, epochs=cfg.finetune.epochs, logger=logger, default_root_dir=checkpoint_dir,
-        callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None)
+        callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
+        trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     save_weights(model, resolve_path(cfg.paths.finetuned_weights), metadata={"model": cfg.model.name})
     after = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images

@@ -1,7 +1,13 @@
-"""One place that builds the Trainer, so every stage trains on CPU with the same settings."""
+"""One place that builds the Trainer, so every stage trains with the same settings.
+
+``trainer_options`` (the config's ``trainer`` group) picks the hardware and scale-out: the default
+is one CPU process; ``devices: 2, strategy: ddp_spawn`` runs two CPU processes over gloo, and on
+GPU machines ``accelerator: gpu, devices: 8, num_nodes: 2, strategy: ddp`` spreads across nodes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -18,12 +24,13 @@ def fit(
     ckpt_path: str | Path | None = None,
     enable_progress_bar: bool = True,
     callbacks: list[pl.Callback] | None = None,
+    trainer_options: Mapping | None = None,
 ) -> pl.Trainer:
     """Train deterministically; checkpoints are only written when there is a directory for them."""
+    hardware = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", **(trainer_options or {})}
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
+        **hardware,
         logger=logger if logger is not None else False,
         enable_checkpointing=bool(default_root_dir),
         enable_progress_bar=enable_progress_bar,
