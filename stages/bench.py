@@ -6,8 +6,10 @@ from fgq_pipeline import tracking
 from fgq_pipeline.experiment import resolve_path, write_json
 from fgq_pipeline.params import load_params
 from fgq_pipeline.tasks import run_bench
+from fgq_pipeline.validation import exit_on_user_error
 
 
+@exit_on_user_error("stage bench")
 def main() -> None:
     cfg = load_params()
     with tracking.tracked_run(cfg.mlflow.experiment, "bench", OmegaConf.masked_copy(cfg, ["bench"])):

@@ -7,8 +7,10 @@ from fgq_pipeline import tracking
 from fgq_pipeline.cost_table import write_cost_table
 from fgq_pipeline.experiment import resolve_path
 from fgq_pipeline.params import load_params
+from fgq_pipeline.validation import exit_on_user_error
 
 
+@exit_on_user_error("stage cost_table")
 def main() -> None:
     cfg = load_params()
     params = OmegaConf.to_container(cfg.cost_table, resolve=True)

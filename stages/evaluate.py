@@ -6,8 +6,10 @@ from fgq_pipeline import tracking
 from fgq_pipeline.experiment import read_json, write_json
 from fgq_pipeline.params import load_params
 from fgq_pipeline.tasks import evaluate_finetuned
+from fgq_pipeline.validation import exit_on_user_error
 
 
+@exit_on_user_error("stage evaluate")
 def main() -> None:
     cfg = load_params()
     training = read_json(cfg.paths.finetune_metrics)

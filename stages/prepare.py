@@ -6,8 +6,10 @@ from fgq_pipeline import tracking
 from fgq_pipeline.data.fingerprint import directory_fingerprint
 from fgq_pipeline.experiment import build_datamodule, resolve_path, write_json
 from fgq_pipeline.params import load_params
+from fgq_pipeline.validation import exit_on_user_error
 
 
+@exit_on_user_error("stage prepare")
 def main() -> None:
     cfg = load_params()
     with tracking.tracked_run(cfg.mlflow.experiment, "prepare", OmegaConf.masked_copy(cfg, ["data", "seed"])):

@@ -7,8 +7,10 @@ from fgq_pipeline import tracking
 from fgq_pipeline.experiment import quant_config, write_json
 from fgq_pipeline.params import load_params
 from fgq_pipeline.tasks import run_ptq_grid
+from fgq_pipeline.validation import exit_on_user_error
 
 
+@exit_on_user_error("stage ptq")
 def main() -> None:
     cfg = load_params()
     with tracking.tracked_run(cfg.mlflow.experiment, "ptq", OmegaConf.masked_copy(cfg, ["quant", "ptq", "calibration", "seed"])):

@@ -5,13 +5,12 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
+from conftest import cli, runs
 from omegaconf import OmegaConf
 
 from fgq_pipeline import tracking
@@ -19,12 +18,6 @@ from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("conf", "src", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore")
-
-
-def runs(store: Path, experiment: str):
-    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def test_params_yaml_is_the_composed_default_config():
@@ -106,22 +99,6 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
     assert len(ptq_children) == len(pd.read_csv(reports / "results.csv")) - 1
 
 
-def cli(name: str) -> list[str]:
-    script = shutil.which(name)
-    return [script] if script else [sys.executable, "-m", f"fgq_pipeline.cli.{name.removeprefix('fgq-')}"]
-
-
-@pytest.fixture(scope="module")
-def trained_digits(tmp_path_factory):
-    """FP32 digits weights from `fgq-train debug=smoke`, and the overrides that point jobs at them."""
-    tmp_path = tmp_path_factory.mktemp("cli")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"}
-    common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"paths.fp32_weights={tmp_path / 'fp32.safetensors'}",
-              f"hydra.run.dir={tmp_path / 'train'}"]
-    subprocess.run(cli("fgq-train") + common, env=env, check=True, capture_output=True)
-    return tmp_path, env, common
-
-
 @pytest.mark.slow
 def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trained_digits):
     tmp_path, env, common = trained_digits
@@ -143,17 +120,10 @@ def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trai
 
 
 @pytest.mark.slow
-def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(trained_digits):
+def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(parallel_sweep):
     """joblib runs the jobs in two processes writing to the one SQLite store at once."""
-    tmp_path, env, common = trained_digits
-    sweep = tmp_path / "parallel"
-    result = subprocess.run(
-        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
-                          "quant.act_bits=32,8,4", f"hydra.sweep.dir={sweep}"] + common,
-        env=env, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "database is locked" not in result.stdout + result.stderr
+    tmp_path, sweep, output = parallel_sweep
+    assert "database is locked" not in output
     all_runs = runs(tmp_path / "store.db", "fgq-digits")
     (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
     jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from .experiment import project_root
+from .validation import validate_config
 
 PARAMS_FILE = "params.yaml"
 
@@ -23,10 +24,13 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def load_params() -> DictConfig:
+    """params.yaml, validated (see :func:`validate_config`) before a stage does any work."""
     path = project_root() / PARAMS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `python -m fgq_pipeline.params` to write it from conf/")
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    validate_config(cfg)
+    return cfg
 
 
 def main() -> None:

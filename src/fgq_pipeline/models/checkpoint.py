@@ -58,6 +58,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     state_dict = _strip_data_parallel_prefix(_read_state_dict(path))
     state_dict = _add_missing_batch_norm_counters(model, state_dict)
     _check_fits(model, state_dict, path)
+    _check_finite(state_dict, path)
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -128,6 +129,14 @@ def _check_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Pat
         raise ValueError(
             f"checkpoint {path} does not fit {type(model).__name__}: " + ", ".join(problems)
         )
+
+
+def _check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN or Inf weights would quantize to garbage silently (every group scale becomes NaN)."""
+    bad = [key for key, value in state_dict.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"checkpoint {path} holds NaN or Inf values in {_summarise('tensors', bad)}; it is corrupt "
+                         "or comes from a diverged training run - use another checkpoint")
 
 
 def _summarise(label: str, items: list[str]) -> str:

@@ -1,0 +1,46 @@
+"""Fixtures shared by the end-to-end tests: the CLI, a trained digits model, a parallel sweep."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+
+def cli(name: str) -> list[str]:
+    script = shutil.which(name)
+    return [script] if script else [sys.executable, "-m", f"fgq_pipeline.cli.{name.removeprefix('fgq-')}"]
+
+
+def runs(store: Path, experiment: str):
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """FP32 digits weights from `fgq-train debug=smoke`, and the overrides that point jobs at them."""
+    tmp_path = tmp_path_factory.mktemp("cli")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"}
+    common = ["debug=smoke", f"data.root={tmp_path / 'data'}", f"paths.fp32_weights={tmp_path / 'fp32.safetensors'}",
+              f"hydra.run.dir={tmp_path / 'train'}"]
+    subprocess.run(cli("fgq-train") + common, env=env, check=True, capture_output=True)
+    return tmp_path, env, common
+
+
+@pytest.fixture(scope="session")
+def parallel_sweep(trained_digits):
+    """Six `fgq-ptq` jobs (N in {4, 64} x act_bits in {32, 8, 4}) on two joblib workers, one store."""
+    tmp_path, env, common = trained_digits
+    sweep = tmp_path / "parallel"
+    result = subprocess.run(
+        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
+                          "quant.act_bits=32,8,4", f"hydra.sweep.dir={sweep}"] + common,
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, sweep, result.stdout + result.stderr

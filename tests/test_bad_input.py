@@ -1,0 +1,101 @@
+"""Every row of the README's bad-input table, tried as a user would: the CLI with one bad value.
+
+Each must end with exit status 2, one message naming the bad value (no traceback), no metrics
+file, and any MLflow run it opened marked FAILED.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from fgq_pipeline.models import CifarResNet, DigitsCNN, save_weights, torchvision_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The bad (and good) files the rows point at."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "empty").mkdir()
+    (root / "corrupt_npz").mkdir()
+    for split in ("train", "test"):
+        (root / "corrupt_npz" / f"{split}.npz").write_bytes(b"PK\x03\x04 this is not an archive")
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            folder = root / "images" / split / label
+            folder.mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "good.png")
+        (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    (root / "corrupt.safetensors").write_bytes(b"\x00" * 64)
+    torch.manual_seed(0)
+    save_weights(CifarResNet(8), root / "resnet8.safetensors")
+    save_weights(torchvision_model("resnet18", num_classes=2), root / "resnet18.safetensors")
+    nan_model = DigitsCNN()
+    with torch.no_grad():
+        nan_model.classifier.weight[0, 0] = float("nan")
+    save_weights(nan_model, root / "nan.safetensors")
+    (root / "a_file").write_text("not a directory")
+    return root
+
+
+RESNET8 = ["model=cifar_resnet", "model.depth=8"]
+ROWS = {
+    "group_size 0": (["quant.group_size=0"], "got 0"),
+    "group_size negative": (["quant.group_size=-4"], "got -4"),
+    "group_size not an integer": (["quant.group_size=2.5"], "got 2.5"),
+    "act_bits outside 2..8, 32": (["quant.act_bits=12"], "act_bits must be an integer in 2..8, or 32 for float activations, got 12"),
+    "unknown solver": (["quant.solver=magic"], "'magic'"),
+    "unknown policy": (["quant.policy=everything"], "'everything'"),
+    "missing data directory": (["data=cifar10", "data.root={files}/missing"], "missing (no such directory)"),
+    "empty data directory": (["data=cifar10", "data.root={files}/empty"], "'test.npz'] are not in"),
+    "corrupt npz": (["data=cifar10", "data.root={files}/corrupt_npz"], "not a readable npz archive"),
+    "corrupt image": (["data=imagefolder", "data.root={files}/images", "data.num_workers=0", "model=torchvision",
+                       "model.arch=resnet18", "model.num_classes=2", "model.checkpoint={files}/resnet18.safetensors"],
+                      "broken.png cannot be decoded"),
+    "corrupt checkpoint": (["model.checkpoint={files}/corrupt.safetensors"], "corrupt.safetensors could not be read"),
+    "checkpoint of another depth": (["model=cifar_resnet", "model.depth=14", "model.checkpoint={files}/resnet8.safetensors"],
+                                    "does not fit CifarResNet: missing keys"),
+    "checkpoint with another class count": (RESNET8 + ["model.num_classes=100", "model.checkpoint={files}/resnet8.safetensors"],
+                                            "linear.weight: checkpoint (10, 64) vs model (100, 64)"),
+    "NaN weights": (["model.checkpoint={files}/nan.safetensors"], "NaN or Inf values in tensors ['classifier.weight']"),
+    "empty calibration set": (["calibration.num_images=0"], "calibration.num_images must be a positive integer, got 0"),
+    "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
+}
+
+
+def fgq_ptq() -> list[str]:
+    return [sys.executable, "-m", "fgq_pipeline.cli.ptq"]
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_bad_input_ends_with_one_clear_message_and_nothing_written(row, files, tmp_path):
+    overrides, expected = ROWS[row]
+    overrides = [o.format(files=files) for o in overrides]
+    store = tmp_path / "store.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    run_dir = tmp_path / "run"
+    result = subprocess.run(fgq_ptq() + ["debug=smoke", f"hydra.run.dir={run_dir}", f"data.root={tmp_path / 'data'}"]
+                            + overrides, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "fgq-ptq: error: " in result.stderr
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert not (run_dir / "metrics.json").exists()
+    if store.exists():
+        client = MlflowClient(f"sqlite:///{store}")
+        statuses = [r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        assert statuses and set(statuses) == {"FAILED"}
+
+
+def test_a_group_larger_than_a_layer_is_capped_not_refused():
+    from fgq_pipeline.quant import QuantConfig, quantize_model
+    from fgq_pipeline.quant.ternary import effective_group_size
+
+    model = quantize_model(DigitsCNN(), QuantConfig(group_size=4096))
+    assert effective_group_size(model.features[3].weight.shape, 4096) == model.features[3].weight.shape[1]
