@@ -69,13 +69,16 @@ def mlflow_server(parallel_sweep):
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1800,1100"):
+    # No GPU, no network beyond loopback: keep Chromium from reaching for either.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1800,1100"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     yield driver

@@ -4,7 +4,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +19,7 @@ from fgq_pipeline import tracking
 from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+RESUME_EPOCHS = 20  # many short epochs, so the kill lands mid-way
 PIPELINE_FILES = ("conf", "src", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore")
 
 
@@ -152,8 +155,40 @@ def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     params = compose_config(["debug=smoke"])
     per_process = math.ceil(params.data.subset_train / 2)  # DistributedSampler halves the training split
-    assert checkpoint["epoch"] == 1
+    assert checkpoint["epoch"] == 0  # the first and only epoch, counted from 0
     assert checkpoint["global_step"] == math.ceil(per_process / params.data.batch_size)
     (run,) = [r for r in runs(tmp_path / "store.db", "fgq-digits")
               if r.data.tags["stage"] == "fgq-finetune" and "trainer.devices=2" in r.info.run_name]
     assert run.info.status == "FINISHED" and run.data.params["trainer.strategy"] == "ddp_spawn"
+
+
+@pytest.mark.slow
+def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digits):
+    """SIGKILL once the first epoch's checkpoint is on disk, resume from it, compare with a run
+    that was never interrupted: same top-1, same weights."""
+    tmp_path, env, common = trained_digits
+    settings = common[:-1] + [f"finetune.epochs={RESUME_EPOCHS}"]
+    whole = tmp_path / "uninterrupted"
+    subprocess.run(cli("fgq-finetune") + settings + [f"hydra.run.dir={whole}"], env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    job = subprocess.Popen(cli("fgq-finetune") + settings + [f"hydra.run.dir={killed}"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not checkpoint.exists() and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, "the fine-tune finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+    saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert saved_epoch < RESUME_EPOCHS - 1  # epochs count from 0
+
+    resumed = tmp_path / "resumed"
+    subprocess.run(cli("fgq-finetune") + settings + [f"hydra.run.dir={resumed}", f"finetune.resume_from={checkpoint}"],
+                   env=env, check=True, capture_output=True)
+    expected = json.loads((whole / "metrics.json").read_text())
+    assert json.loads((resumed / "metrics.json").read_text())["top1"] == expected["top1"]
+    final = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (whole, resumed)]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])

@@ -47,7 +47,8 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
         distill_weight=settings.distill_weight, distill_temperature=settings.distill_temperature,
     )
     logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
-    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
+    # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is rewritten with it every epoch
+    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1)
     resume = cfg.finetune.get("resume_from")
     fit(module, datamodule, epochs=cfg.finetune.epochs, logger=logger, default_root_dir=checkpoint_dir,
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,

@@ -4,6 +4,9 @@ fine-tuning of a quantized model share one loop.
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 OPTIMIZERS = ("sgd", "adam")
+RNG_STATE_KEY = "fgq_rng_state"
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -86,6 +90,15 @@ class ClassifierModule(pl.LightningModule):
         self.val_top1(self.model(images), labels)
         self.log("val_top1", self.val_top1, on_step=False, on_epoch=True, prog_bar=True)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the random state (augmentation, shuffling) so a resumed run continues exactly as an
+        uninterrupted one would; Lightning's checkpoints do not hold it."""
+        checkpoint[RNG_STATE_KEY] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if RNG_STATE_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_STATE_KEY])
+
     def configure_optimizers(self) -> dict:
         hparams = self.hparams
         if hparams.optimizer == "sgd":
@@ -104,6 +117,26 @@ class ClassifierModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch CPU generator states as tensors and plain values, so checkpoints
+    still load with ``weights_only=True``."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples back that a checkpoint round trip may turn into lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def infer_num_classes(model: nn.Module) -> int:
