@@ -9,7 +9,6 @@ the `selenium` package; skips with the reason where they are missing.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import runs
+from conftest import free_port, runs
 
 from fgq_pipeline import tracking
 
@@ -34,12 +33,6 @@ pytestmark = [
                        reason="Debian's chromium and chromium-driver are not installed (/usr/bin/chromium)"),
 ]
 webdriver = pytest.importorskip("selenium.webdriver", reason="the selenium package is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

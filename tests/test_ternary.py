@@ -48,7 +48,7 @@ def test_exact_is_never_worse_than_twn_on_any_group(w, n):
     # Compare group by group: per-group squared error, grouped as the scales are.
     err_exact = (w - exact.dequantize()) ** 2
     err_twn = (w - twn.dequantize()) ** 2
-    per_group = lambda e: _sum_per_group(e, n)  # noqa: E731
+    per_group = lambda e: _sum_per_group(e, n)
     assert torch.all(per_group(err_exact) <= per_group(err_twn) + 1e-6)
 
 
