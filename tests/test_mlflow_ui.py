@@ -71,7 +71,7 @@ def browser(tmp_path):
     # No GPU, no network beyond loopback: keep Chromium from reaching for either.
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                      "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1800,1100"):
+                     "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1800,2400"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     yield driver
@@ -127,5 +127,5 @@ def test_mlflow_ui_shows_the_sweep_side_by_side(parallel_sweep, mlflow_server, b
     expected += [displayed(r.data.metrics[key]) for r in jobs for key in ("top1", "mult_eliminated")]
     text = page_text_when(browser, compare, expected)
     assert save_screenshot(browser, tmp_path, "mlflow_compare_runs.png").stat().st_size > 0
-    params_row = next(line for line in text.splitlines() if line.startswith("quant.group_size"))
+    params_row = next(line for line in text.splitlines() if line.startswith("quant.group_size "))
     assert sorted(params_row.split()[1:]) == sorted(r.data.params["quant.group_size"] for r in jobs)
