@@ -11,7 +11,9 @@ differ by fp32 rounding (about 1e-7 relative). Two consequences:
   one step apart (a requantization flip: a few in 10^6 activations of the first ternary layer of
   the real ResNet-20). A flip perturbs the next layers by about one step, so it seeds more flips
   downstream in the same image. Such images are held to FLIP_TOLERANCE (5e-2 of the largest
-  logit; observed up to 8e-3 on the real ResNet-20) and must keep their top-1 prediction.
+  logit; observed up to 1.2e-2 over the real ResNet-20's full test set, where 2,868 of 10,000
+  images have at least one flip) and keep their top-1 prediction, except a near-tie between the
+  two top classes: 3 of 10,000 test images. An image without a flip never changes its prediction.
 """
 
 import subprocess
@@ -35,6 +37,7 @@ from fgq_pipeline.quant import (
 
 TOLERANCE = 1e-4
 FLIP_TOLERANCE = 5e-2
+FULL_TEST_SET_AGREEMENT = 0.999  # see the full-test-set test: flips move a few near-ties
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 RESNET20 = SHARED / "models" / "cifar10" / "resnet20-12fca82f.th"
 CIFAR10 = SHARED / "data" / "cifar10"
@@ -92,6 +95,7 @@ def _batch_summary(logits: np.ndarray, expected: np.ndarray, inputs: dict, expec
     return {
         "images": images,
         "top1_agree": int((logits.argmax(1) == expected.argmax(1)).sum()),
+        "top1_differ_without_flips": int(((logits.argmax(1) != expected.argmax(1)) & ~flipped).sum()),
         "max_abs_logit_diff": float(np.abs(logits - expected).max()),
         "max_relative_unflipped": float(relative[~flipped].max(initial=0.0)),
         "max_relative_flipped": float(relative[flipped].max(initial=0.0)),
@@ -102,9 +106,10 @@ def _batch_summary(logits: np.ndarray, expected: np.ndarray, inputs: dict, expec
     }
 
 
-def assert_agrees(result: dict) -> None:
+def assert_agrees(result: dict, min_top1_agreement: float = 1.0) -> None:
     print(result)
-    assert result["top1_agree"] == result["images"]
+    assert result["top1_differ_without_flips"] == 0
+    assert result["top1_agree"] >= min_top1_agreement * result["images"]
     assert result["max_relative_unflipped"] <= TOLERANCE
     assert result["max_relative_flipped"] <= FLIP_TOLERANCE
     assert result["flipped_activations"] <= 0.01 * result["activations"]
@@ -173,7 +178,14 @@ def test_cifar_resnet_integer_net_matches_fake_quant(tmp_path, size):
 @pytest.mark.skipif(not (RESNET20.is_file() and CIFAR10.is_dir()),
                     reason=f"the pretrained ResNet-20 and CIFAR-10 under {SHARED} are not present beside this checkout")
 def test_pretrained_resnet20_integer_net_agrees_on_the_full_test_set(tmp_path):
-    """All 10,000 CIFAR-10 test images through the integer path and the fake-quant model."""
+    """All 10,000 CIFAR-10 test images through the integer path and the fake-quant model.
+
+    Measured: 9,997 of 10,000 top-1 predictions agree. The three that differ are images whose
+    requantization flips (an activation within fp32 rounding of a .5 boundary, rounded one step
+    apart by the two paths, then cascading: up to 5 steps apart further down) moved a near-tie
+    between the top two classes; no image without a flip differs. So the bound here is 99.9% with
+    zero unexplained differences, not 100%.
+    """
     from fgq_pipeline.data import Cifar10DataModule
 
     torch.manual_seed(0)  # the calibration crops and flips draw from torch's global generator
@@ -185,7 +197,7 @@ def test_pretrained_resnet20_integer_net_agrees_on_the_full_test_set(tmp_path):
     batches = (images for images, _ in data.test_dataloader())
     result = compare_batches(model, batches, tmp_path / "resnet20.safetensors")
     assert result["images"] == 10_000
-    assert_agrees(result)
+    assert_agrees(result, min_top1_agreement=FULL_TEST_SET_AGREEMENT)
 
 
 def test_export_refuses_an_uncalibrated_model(tmp_path):
