@@ -103,6 +103,23 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
 
 
 @pytest.mark.slow
+def test_dvc_repro_of_every_stage_again_gives_byte_identical_metrics(smoke_project):
+    """Seeds and deterministic algorithms: rerunning every stage (DVC deletes the outputs first)
+    writes the same bytes. metrics/bench.json is left out: it holds timings."""
+    root, env = smoke_project
+    reports = root / OmegaConf.load(root / "params.yaml").paths.reports
+
+    def outputs() -> dict[str, bytes]:
+        files = [*(root / "metrics").glob("*.json"), *(root / "results").glob("*.json"), reports / "results.csv"]
+        return {str(p.relative_to(root)): p.read_bytes() for p in files if p.name != "bench.json"}
+
+    first = outputs()
+    assert len(first) >= 6
+    subprocess.run(["dvc", "repro", "--force"], cwd=root, env=env, check=True, capture_output=True)
+    assert outputs() == first
+
+
+@pytest.mark.slow
 def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trained_digits):
     tmp_path, env, common = trained_digits
     sweep = tmp_path / "sweep"
