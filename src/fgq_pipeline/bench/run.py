@@ -86,9 +86,6 @@ class Machine:
         loads = [load for load in (self.background_cpus_before, self.background_cpus_after) if load is not None]
         return max(loads) <= self.max_background_cpus if loads else None
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "idle": self.idle}
-
 
 def check_idle(settings: BenchSettings, when: str) -> float | None:
     """Other processes' CPU use; an error when it exceeds the limit and ``require_idle`` is set."""
