@@ -28,6 +28,17 @@ def runs(store: Path, experiment: str):
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def run_parallel_sweep(sweep: Path, act_bits: str, env: dict, common: list[str]) -> subprocess.CompletedProcess:
+    """`fgq-ptq -m` over N in {4, 64} x ``act_bits`` on two joblib workers; it must succeed."""
+    result = subprocess.run(
+        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
+                          f"quant.act_bits={act_bits}", f"hydra.sweep.dir={sweep}"] + common,
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory):
     """FP32 digits weights from `fgq-train debug=smoke`, and the overrides that point jobs at them."""
@@ -44,10 +55,5 @@ def parallel_sweep(trained_digits):
     """Six `fgq-ptq` jobs (N in {4, 64} x act_bits in {32, 8, 4}) on two joblib workers, one store."""
     tmp_path, env, common = trained_digits
     sweep = tmp_path / "parallel"
-    result = subprocess.run(
-        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
-                          "quant.act_bits=32,8,4", f"hydra.sweep.dir={sweep}"] + common,
-        env=env, capture_output=True, text=True, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_parallel_sweep(sweep, "32,8,4", env, common)
     return tmp_path, sweep, result.stdout + result.stderr

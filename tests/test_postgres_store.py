@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import cli, free_port
+from conftest import free_port, run_parallel_sweep
 from mlflow.tracking import MlflowClient
 
 from fgq_pipeline import tracking
@@ -56,12 +56,7 @@ def test_parallel_sweep_into_postgresql(trained_digits, postgres_uri):
     tmp_path, env, common = trained_digits
     env = {**env, "MLFLOW_TRACKING_URI": postgres_uri}
     sweep = tmp_path / "postgres-sweep"
-    result = subprocess.run(
-        cli("fgq-ptq") + ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "quant.group_size=4,64",
-                          "quant.act_bits=8,4", f"hydra.sweep.dir={sweep}"] + common,
-        env=env, capture_output=True, text=True, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_parallel_sweep(sweep, "8,4", env, common)
     client = MlflowClient(postgres_uri)
     experiment = client.get_experiment_by_name("fgq-digits")
     jobs = client.search_runs([experiment.experiment_id],
