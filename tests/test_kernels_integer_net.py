@@ -149,6 +149,17 @@ def test_digits_cnn_integer_net_matches_fake_quant(digits, tmp_path, group_size,
     assert_agrees(result)
 
 
+def test_small_batches_on_group_major_codes_give_the_large_batch_logits(digits, tmp_path):
+    """One image at a time, the 4x4 conv (16 rows, N=64) runs on group-major codes, not the batched path."""
+    model = quantized_digits(digits, QuantConfig(group_size=64, act_bits=8))
+    net = IntegerNet.load(export_packed(model, tmp_path / "digits.safetensors"))
+    assert net._group_major, "no layer of the digits CNN took the group-major path"
+    images = digits[1].test_images[:20].numpy()
+    one_at_a_time = np.concatenate([net(images[i:i + 1]) for i in range(len(images))])
+    whole_batch = net(images)
+    np.testing.assert_allclose(one_at_a_time, whole_batch, rtol=0, atol=TOLERANCE * np.abs(whole_batch).max())
+
+
 def test_digits_cnn_packed_size_and_reduced_precision_scales(digits, tmp_path):
     model = quantized_digits(digits, QuantConfig(group_size=4, act_bits=8)).eval()
     images = digits[1].test_images[:300]

@@ -15,8 +15,9 @@ from . import graph as ops
 from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer
+from .group_major import GroupMajorCodes
 from .packed_file import PackedModel, load_packed
-from .ternary_gemm import ternary_gemm
+from .ternary_gemm import BATCH_ROWS, ternary_gemm
 
 
 class IntegerNet:
@@ -26,6 +27,11 @@ class IntegerNet:
         self.layers = model.layers
         self.graph = ops.validate_graph(model.graph, set(model.layers))
         self._scales = {name: layer.fp32_scales for name, layer in self.layers.items()}
+        self._group_major = {  # small batches of groups of 8+ weights run on regrouped codes
+            name: GroupMajorCodes.from_packed(layer.weights, self._scales[name], layer.in_channels, layer.group_size)
+            for name, layer in self.layers.items()
+            if layer.weight_format == "ternary" and GroupMajorCodes.supports(layer.in_channels, layer.group_size)
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> "IntegerNet":
@@ -76,4 +82,6 @@ class IntegerNet:
         act_scale = layer.activation.scale
         if layer.weight_format == "int8":
             return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
+        if columns.shape[0] < BATCH_ROWS and layer.name in self._group_major:
+            return self._group_major[layer.name].gemm(columns, layer.bias, act_scale)
         return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)
