@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from . import graph as ops
+from .group_major import GroupMajorCodes
 from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer
-from .group_major import GroupMajorCodes
 from .packed_file import PackedModel, load_packed
 from .ternary_gemm import BATCH_ROWS, ternary_gemm
 
