@@ -121,10 +121,16 @@ def _ternary_gemm_kernel(x, codes, scales, bias, act_scale, channels, group_size
 
 @njit(cache=True)
 def _transpose_to_int16(x, xt):
-    """x [M, L] -> xt [L + STEP - 1, M] int16 (rows past L stay zero): one contiguous row per weight."""
-    for m in range(x.shape[0]):
+    """x [M, L] -> xt [L + STEP - 1, M] int16 (rows past L stay zero): one contiguous row per weight.
+
+    In blocks of BATCH_ROWS rows of x (M is a multiple of it): a block's rows stay in L1 while each
+    xt row is written contiguously. Row by row, every write went to a different cache line, which
+    took 80% of a ResNet-20 conv at batch 1.
+    """
+    for start in range(0, x.shape[0], BATCH_ROWS):
         for j in range(x.shape[1]):
-            xt[j, m] = x[m, j]
+            for m in range(start, start + BATCH_ROWS):
+                xt[j, m] = x[m, j]
 
 
 @njit(cache=True)
