@@ -21,10 +21,10 @@ from numba import njit, prange
 
 from .codes import CODES_PER_BYTE
 from .operands import check_activations
-from .ternary_gemm import FLOAT_FASTMATH
+from .ternary_gemm import FLOAT_FASTMATH, INT16_GROUP_SIZE
 
 MIN_GROUP_SIZE = 2 * CODES_PER_BYTE  # N=4 (one byte per group) is faster on the byte path
-MAX_GROUP_SIZE = 128  # int16 group sums: 128 * 255 < 2^15
+MAX_GROUP_SIZE = INT16_GROUP_SIZE  # int16 group sums
 GROUP_PADDING = 32  # 64 left a quarter of AlexNet fc6's N=64 lanes as padding and ran slower
 
 
