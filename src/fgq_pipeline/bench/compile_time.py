@@ -1,5 +1,5 @@
-"""Numba kernel compile time, and the time to load the compiled kernel from Numba's on-disk cache,
-each measured in a fresh interpreter with its own empty cache directory."""
+"""Numba compile time of the integer path, and the time to load the compiled kernels from Numba's
+on-disk cache, each measured in a fresh interpreter with its own empty cache directory."""
 
 from __future__ import annotations
 
@@ -8,12 +8,24 @@ import subprocess
 import sys
 import tempfile
 
+# The first forward of a small network whose layers take every kernel of the integer path: input
+# quantization, im2col, the batched and row paths (81 im2col rows: one block of 64 and 17 left),
+# the group-major path (N=8 at batch 1) and the int8 GEMM.
 FIRST_CALL_PROBE = """
 import time, numpy as np
-from fgq_pipeline.kernels import ternary_gemm
+from fgq_pipeline.kernels import ActivationFormat, IntegerNet, PackedModel, pack_int8_layer, pack_ternary_layer
+act, zeros = ActivationFormat(0.1, 8, False), np.zeros(8, np.float32)
+layers = [
+    pack_ternary_layer("conv", np.ones((8, 8, 3, 3), np.int8), np.ones((8, 2, 3, 3), np.float32), 4, zeros, act,
+                       (1, 1), (1, 1)),
+    pack_ternary_layer("fc1", np.ones((8, 8), np.int8), np.ones((8, 1), np.float32), 8, zeros, act),
+    pack_int8_layer("fc2", np.ones((8, 8), np.int8), np.ones(8, np.float32), zeros, act),
+]
+graph = [{"op": "layer", "name": "conv"}, {"op": "relu"}, {"op": "global_avgpool"}, {"op": "flatten"},
+         {"op": "layer", "name": "fc1"}, {"op": "layer", "name": "fc2"}]
+net = IntegerNet(PackedModel({layer.name: layer for layer in layers}, graph))
 start = time.perf_counter()
-ternary_gemm(np.zeros((1, 8), np.uint8), np.zeros((2, 2), np.uint8), np.ones((2, 2), np.float32),
-             np.zeros(2, np.float32), 1.0, 8, 4)
+net(np.ones((1, 8, 9, 9), np.float32))
 print(time.perf_counter() - start)
 """
 
