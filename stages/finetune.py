@@ -13,7 +13,8 @@ from fgq_pipeline.validation import exit_on_user_error
 def main() -> None:
     cfg = load_params()
     with tracking.tracked_run(cfg.mlflow.experiment, "finetune", OmegaConf.masked_copy(cfg, ["quant", "finetune", "trainer", "calibration", "seed"])):
-        metrics = run_finetune(cfg, checkpoint_dir=str(resolve_path(cfg.paths.finetune_checkpoints)))
+        metrics = run_finetune(cfg, checkpoint_dir=str(resolve_path(cfg.paths.finetune_checkpoints)),
+                               weights_path=resolve_path(cfg.paths.finetuned_weights))
         tracking.log_metrics(metrics)
         write_json(cfg.paths.finetune_metrics, metrics)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -26,11 +28,13 @@ def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
     return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
 
 
-def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
+def run_finetune(cfg: DictConfig, checkpoint_dir: str, weights_path: Path) -> dict:
     """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients,
     optionally distilling from the FP32 model it started from (``finetune.distill_weight``).
 
-    Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one.
+    Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one. The
+    fine-tuned weights go to ``weights_path`` (the stage's tracked output, or a CLI job's run directory,
+    so that a job never overwrites the pipeline's weights).
     Runs inside an active MLflow run, which the Lightning logger writes into.
     """
     quant = finetune_quant_config(cfg)
@@ -53,7 +57,7 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str) -> dict:
     fit(module, datamodule, epochs=cfg.finetune.epochs, logger=logger, default_root_dir=checkpoint_dir,
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
-    save_weights(model, resolve_path(cfg.paths.finetuned_weights), metadata={"model": cfg.model.name})
+    save_weights(model, weights_path, metadata={"model": cfg.model.name})
     after = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
     return {
