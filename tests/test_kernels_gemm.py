@@ -112,14 +112,19 @@ def test_batched_and_row_paths_are_bit_identical_on_exact_sums(positions, channe
     np.testing.assert_array_equal(batched, rows)
 
 
-def test_batched_path_is_exact_at_the_int8_and_uint8_extremes():
-    """All activations at +-max and all weights at one sign: the largest group sums (|s| = N * 255)."""
-    channels, n = 256, 128
+def extreme_operands(rows: int, most_negative: int):
+    """N=128 over 256 channels, every code +1, every code -1, or alternating, and every activation
+    at 255 (uint8) or ``most_negative`` (int8): the largest group sums, |s| = 128 * 255 = 32,640."""
     codes = pack_codes(np.array([[1] * 256, [-1] * 256, [1, -1] * 128], dtype=np.int8))
     scales, bias = np.ones((3, 2), np.float32), np.zeros(3, np.float32)
-    for x in (np.full((BATCH_ROWS, 256), 255, np.uint8), np.full((BATCH_ROWS, 256), -127, np.int8)):
-        args = (x, codes, scales, bias, 1.0, channels, n)
+    for x in (np.full((rows, 256), 255, np.uint8), np.full((rows, 256), most_negative, np.int8)):
+        yield x, codes, scales, bias, 1.0, 256, 128
+
+
+def test_batched_path_is_exact_at_the_int8_and_uint8_extremes():
+    for args in extreme_operands(BATCH_ROWS, -127):
         np.testing.assert_array_equal(ternary_gemm(*args), reference_ternary_gemm(*args).astype(np.float32))
+
 
 GROUP_MAJOR_CASES = [  # (positions, channels, group size): N in {8, 12, 64, 128}, groups not a multiple of 32
     (9, 16, 8), (4, 96, 12), (1, 9216 // 64 * 64, 64), (9, 64, 64), (1, 256, 128),
@@ -143,12 +148,11 @@ def test_group_major_path_matches_the_reference(positions, channels, group_size,
 
 
 def test_group_major_int16_sums_are_exact_at_the_largest_group():
-    """N=128 with every activation at 255 and every code +1 (or -1): |group sum| = 32,640, int16's edge."""
-    codes = pack_codes(np.array([[1] * 256, [-1] * 256, [1, -1] * 128], dtype=np.int8))
-    scales, bias = np.ones((3, 2), np.float32), np.zeros(3, np.float32)
-    for x in (np.full((2, 256), 255, np.uint8), np.full((2, 256), -128, np.int8)):
-        out = GroupMajorCodes.from_packed(codes, scales, 256, MAX_GROUP_SIZE).gemm(x, bias, 1.0)
-        np.testing.assert_array_equal(out, reference_ternary_gemm(x, codes, scales, bias, 1.0, 256, 128)
+    """int16 group sums at their edge (N = MAX_GROUP_SIZE)."""
+    for x, codes, scales, bias, act_scale, channels, n in extreme_operands(2, -128):
+        assert n == MAX_GROUP_SIZE
+        out = GroupMajorCodes.from_packed(codes, scales, channels, n).gemm(x, bias, act_scale)
+        np.testing.assert_array_equal(out, reference_ternary_gemm(x, codes, scales, bias, act_scale, channels, n)
                                       .astype(np.float32))
 
 

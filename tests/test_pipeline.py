@@ -16,6 +16,7 @@ from conftest import cli, runs
 from omegaconf import OmegaConf
 
 from fgq_pipeline import tracking
+from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.5 < metrics["top1"] <= 1.0 and metrics["epochs"] == 1
-    assert (run_dir / "finetuned.safetensors").is_file()  # in the job's directory, not the pipeline's models/
+    assert (run_dir / FINETUNED_WEIGHTS).is_file()  # in the job's directory, not the pipeline's models/
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     params = compose_config(["debug=smoke"])
     per_process = math.ceil(params.data.subset_train / 2)  # DistributedSampler halves the training split
