@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgq_pipeline.kernels.codes import pack_codes
-from fgq_pipeline.kernels.group_major import MAX_GROUP_SIZE, GroupMajorCodes
 from fgq_pipeline.kernels.im2col import im2col
 from fgq_pipeline.kernels.int8_gemm import int8_gemm
 from fgq_pipeline.kernels.reference import (
@@ -124,44 +123,6 @@ def extreme_operands(rows: int, most_negative: int):
 def test_batched_path_is_exact_at_the_int8_and_uint8_extremes():
     for args in extreme_operands(BATCH_ROWS, -127):
         np.testing.assert_array_equal(ternary_gemm(*args), reference_ternary_gemm(*args).astype(np.float32))
-
-
-GROUP_MAJOR_CASES = [  # (positions, channels, group size): N in {8, 12, 64, 128}, groups not a multiple of 32
-    (9, 16, 8), (4, 96, 12), (1, 9216 // 64 * 64, 64), (9, 64, 64), (1, 256, 128),
-]
-
-
-@pytest.mark.parametrize("positions, channels, group_size", GROUP_MAJOR_CASES)
-@pytest.mark.parametrize("bits, signed", [(8, False), (8, True), (4, False)])
-@pytest.mark.parametrize("rows", [1, 3, BATCH_ROWS - 1])
-def test_group_major_path_matches_the_reference(positions, channels, group_size, bits, signed, rows):
-    x, codes, scales, bias, act_scale, channels, n = operands(
-        6, rows, 5, positions, channels, group_size, bits, signed, power_of_two_scales=True)
-    out = GroupMajorCodes.from_packed(codes, scales, channels, n).gemm(x, bias, act_scale)
-    np.testing.assert_array_equal(out, reference_ternary_gemm(x, codes, scales, bias, act_scale, channels, n)
-                                  .astype(np.float32))
-    x, codes, scales, bias, act_scale, channels, n = operands(
-        7, rows, 5, positions, channels, group_size, bits, signed, power_of_two_scales=False)
-    expected = reference_ternary_gemm(x, codes, scales, bias, act_scale, channels, n)
-    out = GroupMajorCodes.from_packed(codes, scales, channels, n).gemm(x, bias, act_scale)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-
-
-def test_group_major_int16_sums_are_exact_at_the_largest_group():
-    """int16 group sums at their edge (N = MAX_GROUP_SIZE)."""
-    for x, codes, scales, bias, act_scale, channels, n in extreme_operands(2, -128):
-        assert n == MAX_GROUP_SIZE
-        out = GroupMajorCodes.from_packed(codes, scales, channels, n).gemm(x, bias, act_scale)
-        np.testing.assert_array_equal(out, reference_ternary_gemm(x, codes, scales, bias, act_scale, channels, n)
-                                      .astype(np.float32))
-
-
-@pytest.mark.parametrize("channels, group_size", [(64, 4), (64, 256), (96, 64), (64, 6)])
-def test_group_major_codes_refuse_groups_they_cannot_hold(channels, group_size):
-    assert not GroupMajorCodes.supports(channels, group_size)
-    with pytest.raises(ValueError, match=f"group_size={group_size}, channels={channels}"):
-        GroupMajorCodes.from_packed(np.zeros((1, channels // 4), np.uint8),
-                                    np.ones((1, -(-channels // group_size)), np.float32), channels, group_size)
 
 
 def test_reference_group_sums_count_codes_times_activations():

@@ -149,11 +149,12 @@ def test_digits_cnn_integer_net_matches_fake_quant(digits, tmp_path, group_size,
     assert_agrees(result)
 
 
-def test_small_batches_on_group_major_codes_give_the_large_batch_logits(digits, tmp_path):
-    """One image at a time, the 4x4 conv (16 rows, N=64) runs on group-major codes, not the batched path."""
+def test_batch_one_on_the_2_bit_gemv_kernel_gives_the_large_batch_logits(digits, tmp_path):
+    """One image at a time, the linear layers read their 2-bit codes (GEMV kernel); twenty at a time,
+    their int8-decoded weights (batched kernel)."""
     model = quantized_digits(digits, QuantConfig(group_size=64, act_bits=8))
     net = IntegerNet.load(export_packed(model, tmp_path / "digits.safetensors"))
-    assert net._group_major, "no layer of the digits CNN took the group-major path"
+    assert any(tiled.gemv is not None for tiled in net._tiled.values()), "no ternary layer took the tiled kernels"
     images = digits[1].test_images[:20].numpy()
     one_at_a_time = np.concatenate([net(images[i:i + 1]) for i in range(len(images))])
     whole_batch = net(images)

@@ -9,23 +9,28 @@ import sys
 import tempfile
 
 # The first forward of a small network whose layers take every kernel of the integer path: input
-# quantization, im2col, the batched and row paths (81 im2col rows: one block of 64 and 17 left),
-# the group-major path (N=8 at batch 1) and the int8 GEMM.
+# quantization, im2col, the tiled batched kernel (conv, 81 rows; int8 fc2) and GEMV kernel (fc1 at batch 1),
+# and for layers without whole quads of weights the general ternary GEMM's batched and row paths (conv0,
+# 3 input channels: one block of 64 rows and 17 left) and the int8 GEMM (fc3, 6 inputs).
 FIRST_CALL_PROBE = """
 import time, numpy as np
 from fgq_pipeline.kernels import ActivationFormat, IntegerNet, PackedModel, pack_int8_layer, pack_ternary_layer
 act, zeros = ActivationFormat(0.1, 8, False), np.zeros(8, np.float32)
 layers = [
+    pack_ternary_layer("conv0", np.ones((8, 3, 3, 3), np.int8), np.ones((8, 1, 3, 3), np.float32), 3, zeros, act,
+                       (1, 1), (1, 1)),
     pack_ternary_layer("conv", np.ones((8, 8, 3, 3), np.int8), np.ones((8, 2, 3, 3), np.float32), 4, zeros, act,
                        (1, 1), (1, 1)),
     pack_ternary_layer("fc1", np.ones((8, 8), np.int8), np.ones((8, 1), np.float32), 8, zeros, act),
-    pack_int8_layer("fc2", np.ones((8, 8), np.int8), np.ones(8, np.float32), zeros, act),
+    pack_int8_layer("fc2", np.ones((6, 8), np.int8), np.ones(6, np.float32), zeros[:6], act),
+    pack_int8_layer("fc3", np.ones((4, 6), np.int8), np.ones(4, np.float32), zeros[:4], act),
 ]
-graph = [{"op": "layer", "name": "conv"}, {"op": "relu"}, {"op": "global_avgpool"}, {"op": "flatten"},
-         {"op": "layer", "name": "fc1"}, {"op": "layer", "name": "fc2"}]
+graph = [{"op": "layer", "name": "conv0"}, {"op": "relu"}, {"op": "layer", "name": "conv"}, {"op": "relu"},
+         {"op": "global_avgpool"}, {"op": "flatten"}, {"op": "layer", "name": "fc1"}, {"op": "layer", "name": "fc2"},
+         {"op": "layer", "name": "fc3"}]
 net = IntegerNet(PackedModel({layer.name: layer for layer in layers}, graph))
 start = time.perf_counter()
-net(np.ones((1, 8, 9, 9), np.float32))
+net(np.ones((1, 3, 9, 9), np.float32))
 print(time.perf_counter() - start)
 """
 

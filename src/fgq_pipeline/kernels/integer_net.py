@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from . import graph as ops
-from .group_major import GroupMajorCodes
 from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer
 from .packed_file import PackedModel, load_packed
-from .ternary_gemm import BATCH_ROWS, ternary_gemm
+from .ternary_gemm import ternary_gemm
+from .tiled_gemm import TiledLayer
 
 
 class IntegerNet:
@@ -27,10 +27,8 @@ class IntegerNet:
         self.layers = model.layers
         self.graph = ops.validate_graph(model.graph, set(model.layers))
         self._scales = {name: layer.fp32_scales for name, layer in self.layers.items()}
-        self._group_major = {  # small batches of groups of 8+ weights run on regrouped codes
-            name: GroupMajorCodes.from_packed(layer.weights, self._scales[name], layer.in_channels, layer.group_size)
-            for name, layer in self.layers.items()
-            if layer.weight_format == "ternary" and GroupMajorCodes.supports(layer.in_channels, layer.group_size)
+        self._tiled = {  # layers whose groups are whole quads run on the tiled kernels, re-laid out once here
+            name: TiledLayer.from_packed(layer) for name, layer in self.layers.items() if TiledLayer.supports(layer)
         }
 
     @classmethod
@@ -80,8 +78,8 @@ class IntegerNet:
     def _gemm(self, layer: PackedLayer, columns: np.ndarray) -> np.ndarray:
         scales = self._scales[layer.name]
         act_scale = layer.activation.scale
+        if layer.name in self._tiled:
+            return self._tiled[layer.name].gemm(columns, act_scale)
         if layer.weight_format == "int8":
             return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
-        if columns.shape[0] < BATCH_ROWS and layer.name in self._group_major:
-            return self._group_major[layer.name].gemm(columns, layer.bias, act_scale)
         return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)

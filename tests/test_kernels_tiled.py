@@ -1,0 +1,135 @@
+"""The tiled kernels (4-byte dot products on 16-output tiles) against the numpy reference."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fgq_pipeline.kernels import ActivationFormat, pack_int8_layer, pack_ternary_layer
+from fgq_pipeline.kernels.codes import unpack_codes
+from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
+from fgq_pipeline.kernels.simd import (
+    HAS_VNNI,
+    add_scaled,
+    dot4_generic,
+    dot4_vnni,
+    float_zeros,
+    int_zeros,
+    load_bytes,
+    store_affine,
+)
+from fgq_pipeline.kernels.tiled_gemm import GEMV_MAX_ROWS, ROW_BLOCK, TILE, TiledLayer
+from test_kernels_gemm import extreme_operands, operands
+
+KERNEL_SIDE = {1: 1, 4: 2, 9: 3}  # kernel positions -> a square kernel's side
+
+
+def ternary_layer(codes, scales, bias, act_scale, channels, group_size, positions, bits, signed):
+    """The PackedLayer whose packed codes and scales are exactly ``codes`` and ``scales`` (reduction order)."""
+    length = positions * channels
+    weights, groups = unpack_codes(codes, length), scales.shape[1] // positions
+    if positions > 1:
+        side = KERNEL_SIDE[positions]
+        weights = weights.reshape(-1, side, side, channels).transpose(0, 3, 1, 2)
+        scales = scales.reshape(-1, side, side, groups).transpose(0, 3, 1, 2)
+    geometry = ((1, 1), (1, 1)) if positions > 1 else (None, None)
+    layer = pack_ternary_layer("layer", weights, scales, group_size, bias, ActivationFormat(act_scale, bits, signed),
+                               *geometry)
+    assert np.array_equal(layer.weights, codes)
+    return layer
+
+
+CASES = [  # (positions, channels, group size): N = 4, 8, 16, 64, 128, N = C, partial last groups, conv and linear
+    (9, 16, 4), (1, 64, 4), (9, 32, 16), (9, 16, 16), (4, 12, 8), (1, 256, 64), (9, 64, 64), (1, 256, 128),
+    (4, 40, 16),
+]
+ROWS = [1, GEMV_MAX_ROWS - 1, GEMV_MAX_ROWS, ROW_BLOCK + 5, 70]  # GEMV, both sides of its limit, partial row steps
+FILTERS = [7, 2 * TILE, 70]  # a partial tile, whole tiles, a partial group of 4 tiles
+
+
+@pytest.mark.parametrize("positions, channels, group_size", CASES)
+@pytest.mark.parametrize("bits, signed", [(8, False), (8, True), (4, False), (4, True)])
+def test_tiled_group_sums_are_exact(positions, channels, group_size, bits, signed):
+    """Power-of-two scales keep every fp32 partial sum exact: any difference would be an integer error."""
+    for rows in ROWS:
+        for filters in FILTERS:
+            x, *args = operands(rows * filters, rows, filters, positions, channels, group_size, bits, signed,
+                                power_of_two_scales=True)
+            tiled = TiledLayer.from_packed(ternary_layer(*args, positions, bits, signed))
+            np.testing.assert_array_equal(tiled.gemm(x, args[3]), reference_ternary_gemm(x, *args).astype(np.float32),
+                                          err_msg=f"rows={rows} filters={filters}")
+
+
+@pytest.mark.parametrize("positions, channels, group_size", [(9, 16, 4), (1, 256, 64)])
+def test_tiled_kernels_match_the_reference_to_float_rounding(positions, channels, group_size):
+    x, *args = operands(8, 9, 70, positions, channels, group_size, 8, False, power_of_two_scales=False)
+    tiled = TiledLayer.from_packed(ternary_layer(*args, positions, 8, False))
+    expected = reference_ternary_gemm(x, *args)
+    np.testing.assert_allclose(tiled.gemm(x, args[3]), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    # GEMV (2-bit codes) and batched (int8 weights) kernels: the same sums, added in the same order
+    np.testing.assert_array_equal(tiled.gemm(x[:1], args[3])[0], tiled.gemm(x, args[3])[0])
+
+
+def test_tiled_kernels_are_exact_at_the_int8_and_uint8_extremes():
+    for rows in (1, ROW_BLOCK):
+        for x, codes, scales, bias, act_scale, channels, n in extreme_operands(rows, -127):
+            signed = x.dtype == np.int8
+            tiled = TiledLayer.from_packed(ternary_layer(codes, scales, bias, act_scale, channels, n, 1, 8, signed))
+            expected = reference_ternary_gemm(x, codes, scales, bias, act_scale, channels, n).astype(np.float32)
+            np.testing.assert_array_equal(tiled.gemm(x, act_scale), expected)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_tiled_int8_layers_match_the_reference(signed, rows):
+    """int8 weights (the first/last layers) at their extremes too: one group over the whole filter."""
+    rng = np.random.default_rng(rows)
+    weights = rng.integers(-127, 128, (10, 36)).astype(np.int8)
+    weights[0], weights[1] = 127, -127
+    scales = np.ldexp(1.0, rng.integers(-8, -3, 10)).astype(np.float32)
+    top = 127 if signed else 255
+    x = rng.integers(-top if signed else 0, top + 1, (rows, 36)).astype(np.int8 if signed else np.uint8)
+    x[0] = top
+    bias = np.zeros(10, np.float32)
+    tiled = TiledLayer.from_packed(pack_int8_layer("fc", weights, scales, bias, ActivationFormat(1.0, 8, signed)))
+    np.testing.assert_array_equal(tiled.gemm(x, 1.0), reference_int8_gemm(x, weights, scales, bias, 1.0)
+                                  .astype(np.float32))
+
+
+@pytest.mark.parametrize("channels, group_size", [(3, 3), (10, 4), (64, 6), (64, 2)])
+def test_layers_without_whole_quads_are_refused(channels, group_size):
+    layer = pack_ternary_layer("odd", np.ones((4, channels), np.int8), np.ones((4, -(-channels // group_size)),
+                               np.float32), group_size, np.zeros(4, np.float32), ActivationFormat(1.0, 8, False))
+    assert not TiledLayer.supports(layer)
+    with pytest.raises(ValueError, match=f"in_channels={channels}, group_size={group_size}"):
+        TiledLayer.from_packed(layer)
+
+
+def test_tiled_layer_refuses_activations_of_another_length():
+    layer = pack_ternary_layer("fc", np.ones((4, 8), np.int8), np.ones((4, 2), np.float32), 4,
+                               np.zeros(4, np.float32), ActivationFormat(1.0, 8, False))
+    with pytest.raises(ValueError, match="12 columns, the layer takes 8"):
+        TiledLayer.from_packed(layer).gemm(np.zeros((1, 12), np.uint8), 1.0)
+
+
+def _dot4_as_floats(dot4):
+    @njit
+    def run(unsigned_bytes, signed_bytes, ones, zeros, out):
+        sums = dot4(int_zeros(), load_bytes(unsigned_bytes, 0), load_bytes(signed_bytes, 0))
+        store_affine(out, 0, add_scaled(float_zeros(), sums, ones, 0), np.float32(1.0), zeros, 0)
+    return run
+
+
+@pytest.mark.parametrize("lowering", ["generic", "vnni"])
+def test_dot4_lowerings_compute_exact_sums_of_four_products(lowering):
+    if lowering == "vnni" and not HAS_VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(9)
+    unsigned_bytes = rng.integers(0, 256, 64).astype(np.uint8)
+    signed_bytes = rng.integers(-128, 128, 64).astype(np.int8)
+    unsigned_bytes[:8], signed_bytes[:4], signed_bytes[4:8] = 255, -128, 127  # the extreme lanes 0 and 1
+    out = np.empty(16, np.float32)
+    run = _dot4_as_floats(dot4_vnni if lowering == "vnni" else dot4_generic)
+    run(unsigned_bytes, signed_bytes, np.ones(16, np.float32), np.zeros(16, np.float32), out)
+    expected = (unsigned_bytes.astype(np.int64) * signed_bytes).reshape(16, 4).sum(axis=1)
+    assert expected[0] == 4 * 255 * -128
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
