@@ -40,6 +40,7 @@ from .packed import PackedLayer
 from .simd import BYTES, LANES, add_scaled, broadcast_quad, decode_codes, dot4, float_zeros, int_sub, int_zeros
 from .simd import load_bytes, store_affine
 from .ternary_gemm import FLOAT_FASTMATH
+from .validation import ACCUMULATOR_MAX
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
 TILE = LANES  # outputs per tile
@@ -49,7 +50,6 @@ TILE_GROUP = 4  # tiles per GEMV task (unrolled below); scales, offsets and code
 GROUP_LANES = TILE_GROUP * TILE
 GEMV_MAX_ROWS = 3  # fewer rows read the 2-bit codes, more the int8 weights (about even at 3 rows)
 SIGNED_OFFSET = 128  # int8 activations x are fed as the unsigned bytes x + 128
-ACCUMULATOR_MAX = 2**31 - 1
 
 
 @njit(cache=True, parallel=True, fastmath=FLOAT_FASTMATH)
@@ -190,14 +190,17 @@ class TiledLayer:
         bias[:outputs] = layer.bias
         by_quad = dense.reshape(-1, TILE, quads, QUAD).transpose(0, 2, 1, 3)  # [tile, Q, output, i]
         offsets = (SIGNED_OFFSET * group_sums).astype(np.int32)
-        gemv = GemvOperands(_group_codes(by_quad), _lanes_major(scales, GROUP_LANES), _lanes_major(offsets, GROUP_LANES))
+        gemv = None
+        if ternary:
+            gemv = GemvOperands(_group_codes(by_quad), _lanes_major(scales, GROUP_LANES),
+                                _lanes_major(offsets, GROUP_LANES))
         return cls(
             weights=np.ascontiguousarray(by_quad[:tiles].reshape(tiles, quads, BYTES)),
             scales=_lanes_major(scales[:tiles * TILE], TILE),
             offsets=_lanes_major(offsets[:tiles * TILE], TILE),
             group_ends=group_ends,
             bias=bias,
-            gemv=gemv if ternary else None,
+            gemv=gemv,
             out_channels=outputs,
         )
 
