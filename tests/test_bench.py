@@ -34,6 +34,7 @@ GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
     ({"conv": ({"name": "c", "in_channels": 4, "out_channels": 4, "kernel": 3, "stride": 0, "padding": 1,
                 "size": 8},)}, r"bench.conv\[0\].stride must be an integer >= 1, got 0"),
     ({"max_background_cpus": -1.0}, "max_background_cpus must be >= 0"),
+    ({"gemv_scale_dtypes": ("bf16",)}, r"bench.gemv_scale_dtypes takes \['fp16', 'int8'\] \(fp32 always runs\), got 'bf16'"),
 ])
 def test_bad_settings_are_refused_naming_the_value(change, message):
     with pytest.raises(ValueError, match=message):
@@ -63,8 +64,11 @@ def _outputs(workload):
     return {name: np.asarray(call() if name == NUMBA else call().detach()) for name, call in workload.candidates.items()}
 
 
-def test_linear_workload_candidates_compute_the_same_layer():
-    outputs = _outputs(linear_workload("fc", 64, 16, batch=3, group_size=4))
+@pytest.mark.parametrize("scale_dtype", ["fp32", "int8"])
+def test_linear_workload_candidates_compute_the_same_layer(scale_dtype):
+    workload = linear_workload("fc", 64, 16, batch=3, group_size=4, scale_dtype=scale_dtype)
+    assert workload.scales == scale_dtype
+    outputs = _outputs(workload)
     assert set(outputs) == {NUMBA, FP32, INT8}
     reference = outputs[FP32]
     for name in (NUMBA, INT8):  # quantized versions of the same layer: close, not equal
@@ -90,13 +94,17 @@ def test_network_workload_runs_the_whole_resnet_three_ways():
     assert workload.potential_speedup > 1
 
 
-def _rows(numba_ms: float) -> list[dict]:
+def _rows(numba_ms: float, int8_scales_ms: float | None = None) -> list[dict]:
+    cells = [("linear", "fc", 1, "fp32", numba_ms), ("linear", "fc", 64, "fp32", numba_ms),
+             ("network", "net", 1, "fp32", numba_ms)]
+    if int8_scales_ms is not None:
+        cells.append(("linear", "fc", 1, "int8", int8_scales_ms))
     rows = []
-    for kind, name, batch in (("linear", "fc", 1), ("linear", "fc", 64), ("network", "net", 1)):
-        for candidate, ms in ((NUMBA, numba_ms), (FP32, 10.0), (INT8, 2.0)):
+    for kind, name, batch, scales, ternary_ms in cells:
+        for candidate, ms in ((NUMBA, ternary_ms), (FP32, 10.0), (INT8, 2.0)):
             rows.append({"workload": name, "kind": kind, "shape": "s", "batch": batch, "group_size": 4,
-                         "potential_speedup": 9.1, "threads": 1, "candidate": candidate, "median_ms": ms,
-                         "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
+                         "scales": scales, "potential_speedup": 9.1, "threads": 1, "candidate": candidate,
+                         "median_ms": ms, "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
     return rows
 
 
@@ -112,13 +120,26 @@ def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     assert targets["gemm_vs_fp32"]["worst_case"] == "fc batch 64"
 
 
+def test_narrower_scales_get_their_own_gemv_targets_and_metrics(tmp_path):
+    """fp32-scale rows keep their targets and metric names; int8-scale GEMV rows are judged apart."""
+    targets = evaluate_targets(speedup_frame(_rows(5.0, int8_scales_ms=1.0)), threads=1)
+    gemv = {t["scales"]: t for t in targets if t["key"] == "gemv_vs_fp32"}
+    assert gemv["fp32"]["met"] is False and gemv["int8"]["met"] is True
+    assert gemv["int8"]["measured"] == pytest.approx(10.0)
+    assert {t["scales"] for t in targets if t["key"] != "gemv_vs_fp32" and t["key"] != "gemv_vs_int8"} == {"fp32"}
+    machine = Machine("test cpu", 2, 0.0, 0.0, 0.25, compile_s=3.0, cache_load_s=0.2)
+    summary, paths = write_bench_report(_rows(5.0, int8_scales_ms=1.0), machine, tmp_path)
+    assert summary["gemv_vs_fp32.n4.t1"] == pytest.approx(2.0) and summary["gemv_vs_fp32.n4.t1.int8"] == pytest.approx(10.0)
+    assert "| fc | s | 1 | 4 | int8 | 1.000 (1.000-1.000) | 10.000" in paths["markdown"].read_text()
+
+
 def test_report_files_and_summary(tmp_path):
     machine = Machine("test cpu", 2, 0.01, 0.5, 0.25, compile_s=3.0, cache_load_s=0.2)
     summary, paths = write_bench_report(_rows(2.0), machine, tmp_path)
     assert summary["idle"] is False and summary["gemv_vs_fp32.n4.t1"] == pytest.approx(5.0)
     assert len(pd.read_csv(paths["csv"])) == 9
     markdown = paths["markdown"].read_text()
-    assert "BUSY" in markdown and "| fc | s | 1 | 4 | 2.000 (2.000-2.000) | 10.000" in markdown
+    assert "BUSY" in markdown and "| fc | s | 1 | 4 | fp32 | 2.000 (2.000-2.000) | 10.000" in markdown
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 
 

@@ -69,6 +69,23 @@ def test_tiled_kernels_match_the_reference_to_float_rounding(positions, channels
     np.testing.assert_array_equal(tiled.gemm(x[:1], args[3])[0], tiled.gemm(x, args[3])[0])
 
 
+@pytest.mark.parametrize("scale_dtype", ["fp16", "int8"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_gemv_reads_narrower_scales_as_stored(scale_dtype, signed):
+    """fp16 widens exactly, so the GEMV matches the batched kernel (fp32 scales decoded at load) bit for
+    bit; int8 scales multiply the total by the scale-of-scales once instead of every scale: to rounding."""
+    x, codes, scales, bias, act_scale, channels, n = operands(10, 1, 70, 9, 16, 4, 8, signed, power_of_two_scales=False)
+    weights = unpack_codes(codes, 9 * channels).reshape(70, 3, 3, channels).transpose(0, 3, 1, 2)
+    layer = pack_ternary_layer("conv", weights, scales.reshape(70, 3, 3, 4).transpose(0, 3, 1, 2), n, bias,
+                               ActivationFormat(act_scale, 8, signed), (1, 1), (1, 1), scale_dtype=scale_dtype)
+    tiled = TiledLayer.from_packed(layer)
+    gemv, batched = tiled.gemm(x, act_scale)[0], tiled.gemm(np.repeat(x, ROW_BLOCK, axis=0), act_scale)[0]
+    expected = reference_ternary_gemm(x, codes, layer.fp32_scales, bias, act_scale, channels, n)[0]
+    np.testing.assert_allclose(gemv, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if scale_dtype == "fp16":
+        np.testing.assert_array_equal(gemv, batched)
+
+
 def test_tiled_kernels_are_exact_at_the_int8_and_uint8_extremes():
     for rows in (1, ROW_BLOCK):
         for x, codes, scales, bias, act_scale, channels, n in extreme_operands(rows, -127):

@@ -15,7 +15,8 @@ from fgq_pipeline.atomic import atomic_path, write_text_atomically
 from .run import Machine
 from .workloads import FP32, INT8, NUMBA
 
-CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size"]
+CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "scales"]
+DEFAULT_SCALES = "fp32"
 PNG_DPI = 110
 
 
@@ -50,27 +51,28 @@ def speedup_frame(rows: list[dict]) -> pd.DataFrame:
     medians.columns.name = None
     medians["speedup_vs_fp32"] = medians[FP32] / medians[NUMBA]
     medians["speedup_vs_int8"] = medians[INT8] / medians[NUMBA]
-    return medians.sort_values(["threads", "group_size", "kind", "workload", "batch"], kind="stable",
+    return medians.sort_values(["threads", "group_size", "kind", "workload", "batch", "scales"], kind="stable",
                                ignore_index=True)
 
 
 def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
-    """Each target per group size at ``threads``: the worst ratio over the workloads it covers."""
+    """Each target per group size and scale precision at ``threads``: the worst ratio over the
+    workloads it covers (narrower scales are timed for batch-1 linear layers only)."""
     results = []
     for target in TARGETS:
         column = "speedup_vs_fp32" if target.baseline == FP32 else "speedup_vs_int8"
         chosen = cells[(cells["threads"] == threads) & cells["kind"].isin(target.kind)]
         chosen = chosen[chosen["batch"] == 1] if target.batch == "1" else chosen[chosen["batch"] > 1]
-        for group_size, rows in chosen.groupby("group_size"):
+        for (group_size, scales), rows in chosen.groupby(["group_size", "scales"], sort=False):
             rows = rows.dropna(subset=[column])
             if rows.empty:
                 continue
             worst = rows.loc[rows[column].idxmin()]
-            results.append({"key": target.key, "target": target.label, "group_size": int(group_size), "threads": threads,
-                            "required": target.minimum, "measured": float(worst[column]),
+            results.append({"key": target.key, "target": target.label, "group_size": int(group_size), "scales": scales,
+                            "threads": threads, "required": target.minimum, "measured": float(worst[column]),
                             "worst_case": f"{worst['workload']} batch {int(worst['batch'])}",
                             "met": bool(worst[column] >= target.minimum)})
-    return results
+    return sorted(results, key=lambda result: result["scales"] != DEFAULT_SCALES)  # fp32 scales first
 
 
 def summary_metrics(cells: pd.DataFrame, targets: list[dict], machine: Machine) -> dict:
@@ -79,7 +81,8 @@ def summary_metrics(cells: pd.DataFrame, targets: list[dict], machine: Machine) 
                "background_cpus_before": machine.background_cpus_before,
                "background_cpus_after": machine.background_cpus_after, "idle": machine.idle}
     for result in targets:
-        metrics[f"{result['key']}.n{result['group_size']}.t{result['threads']}"] = round(result["measured"], 4)
+        scales = "" if result["scales"] == DEFAULT_SCALES else f".{result['scales']}"
+        metrics[f"{result['key']}.n{result['group_size']}.t{result['threads']}{scales}"] = round(result["measured"], 4)
     return metrics
 
 
@@ -96,33 +99,37 @@ def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine) -
         "",
         ("Every cell is the median of interleaved rounds (min-max in brackets), float32 in and out, input "
          "quantization included. Speedup = torch time / Numba ternary time at the same thread count; "
-         "\"potential\" is the paper's cost model for the same N."),
+         "\"potential\" is the paper's cost model for the same N. \"scales\" is how the packed file stores "
+         "the group scales: fp32 unless the row says fp16 or int8 (batch-1 linear layers, which read them as "
+         "stored; those outputs differ from the fp32-scale ones by the scales' rounding)."),
         "",
         "## Targets",
         "",
-        "| target | N | threads | required | measured (worst case) | met |",
-        "|---|---:|---:|---:|---|---|",
+        "| target | N | scales | threads | required | measured (worst case) | met |",
+        "|---|---:|---|---:|---:|---|---|",
     ]
     for result in targets:
-        lines.append(f"| {result['target']} | {result['group_size']} | {result['threads']} | "
+        lines.append(f"| {result['target']} | {result['group_size']} | {result['scales']} | {result['threads']} | "
                      f">= {result['required']:.1f}x | {result['measured']:.2f}x ({result['worst_case']}) | "
                      f"{'yes' if result['met'] else 'no'} |")
     for threads, rows in cells.groupby("threads"):
         lines += ["", f"## {threads} thread{'s' if threads > 1 else ''}", "",
-                  ("| workload | shape | batch | N | Numba ternary ms | torch fp32 ms | torch int8 ms | "
+                  ("| workload | shape | batch | N | scales | Numba ternary ms | torch fp32 ms | torch int8 ms | "
                    "vs fp32 | vs int8 | potential |"),
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for _, row in rows.iterrows():
             lines.append(f"| {row['workload']} | {row['shape']} | {row['batch']} | {row['group_size']} | "
-                         f"{_ms(row, NUMBA)} | {_ms(row, FP32)} | {_ms(row, INT8)} | {_ratio(row['speedup_vs_fp32'])} | "
-                         f"{_ratio(row['speedup_vs_int8'])} | {row['potential_speedup']:.1f}x |")
+                         f"{row['scales']} | {_ms(row, NUMBA)} | {_ms(row, FP32)} | {_ms(row, INT8)} | "
+                         f"{_ratio(row['speedup_vs_fp32'])} | {_ratio(row['speedup_vs_int8'])} | "
+                         f"{row['potential_speedup']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
 def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
     """Measured speedup over torch fp32 per cell next to the paper's potential, log scale."""
     rows = cells[cells["threads"] == threads].reset_index(drop=True)
-    labels = [f"{r.workload}\nb{r.batch} N={r.group_size}" for r in rows.itertuples()]
+    labels = [f"{r.workload}\nb{r.batch} N={r.group_size}" + ("" if r.scales == DEFAULT_SCALES else f" {r.scales}")
+              for r in rows.itertuples()]
     figure = Figure(figsize=(max(8.0, 0.45 * len(rows)), 5.0))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

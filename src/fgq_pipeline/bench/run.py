@@ -26,6 +26,7 @@ from .workloads import (
 )
 
 LINEAR_KEYS = ("in_features", "out_features")
+NARROW_SCALE_DTYPES = ("fp16", "int8")
 CONV_KEYS = ("in_channels", "out_channels", "kernel", "stride", "padding", "size")
 
 
@@ -41,6 +42,7 @@ class BenchSettings:
     network_checkpoint: Path | None
     max_background_cpus: float
     require_idle: bool
+    gemv_scale_dtypes: tuple[str, ...] = ()  # batch-1 linear workloads repeated with these stored scales
 
     def __post_init__(self) -> None:
         _positive_int("bench.rounds", self.rounds)
@@ -61,6 +63,10 @@ class BenchSettings:
                     _positive_int(f"bench.{kind}[{index}].{key}", shape[key], allow_zero=key == "padding")
         if self.max_background_cpus < 0:
             raise ValueError(f"bench.max_background_cpus must be >= 0, got {self.max_background_cpus!r}")
+        for scale_dtype in self.gemv_scale_dtypes:
+            if scale_dtype not in NARROW_SCALE_DTYPES:
+                raise ValueError(f"bench.gemv_scale_dtypes takes {list(NARROW_SCALE_DTYPES)} (fp32 always runs), "
+                                 f"got {scale_dtype!r}")
 
 
 def _positive_int(what: str, value: object, allow_zero: bool = False) -> None:
@@ -105,6 +111,10 @@ def workloads(settings: BenchSettings) -> Iterator[Callable[[], Workload]]:
         for batch in settings.batches:
             for shape in settings.linear:
                 yield lambda s=shape, b=batch, g=group_size: linear_workload(**s, batch=b, group_size=g)
+                if batch == 1:
+                    for scale_dtype in settings.gemv_scale_dtypes:
+                        yield lambda s=shape, g=group_size, d=scale_dtype: linear_workload(
+                            **s, batch=1, group_size=g, scale_dtype=d)
             for shape in settings.conv:
                 yield lambda s=shape, b=batch, g=group_size: conv_workload(**s, batch=b, group_size=g)
             if settings.network_depth is not None:
@@ -135,8 +145,8 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
 
 def _row(workload: Workload, threads: int, candidate: str, timing) -> dict:
     row = {"workload": workload.name, "kind": workload.kind, "shape": workload.shape, "batch": workload.batch,
-           "group_size": workload.group_size, "potential_speedup": workload.potential_speedup, "threads": threads,
-           "candidate": candidate}
+           "group_size": workload.group_size, "scales": workload.scales,
+           "potential_speedup": workload.potential_speedup, "threads": threads, "candidate": candidate}
     if timing is None:
         return {**row, "median_ms": None, "min_ms": None, "max_ms": None, "rounds": 0,
                 "note": workload.skipped.get(candidate, "not run")}

@@ -8,7 +8,9 @@ each timed call (torch's int8 modules quantize inside theirs too).
   FX-quantized whole network), where the running torch build has one.
 
 Weights are Gaussian (He scale) for single layers, as only their shapes and the share of zero codes
-matter for speed; the whole network uses the pretrained checkpoint when it is given.
+matter for speed; the whole network uses the pretrained checkpoint when it is given. Scales are
+stored as fp32 unless a workload says otherwise (``scales``): a batch-1 layer reads them as stored,
+so fp16 or int8 scales cut what it streams at N=4 (the outputs change by the scales' rounding).
 """
 
 from __future__ import annotations
@@ -58,14 +60,16 @@ class Workload:
     potential_speedup: float
     candidates: dict[str, Callable[[], object]]
     skipped: dict[str, str] = field(default_factory=dict)
+    scales: str = "fp32"
 
 
 def linear_workload(name: str, in_features: int, out_features: int, batch: int, group_size: int,
-                    seed: int = 0) -> Workload:
+                    seed: int = 0, scale_dtype: str = "fp32") -> Workload:
     generator = torch.Generator().manual_seed(seed)
     linear = _he_init(nn.Linear(in_features, out_features), generator)
     x = torch.relu(torch.randn(batch, in_features, generator=generator))
-    packed = _pack(name, QuantLinear.from_float(linear, WeightFormat("ternary", group_size), ActQuantizer(8)), x)
+    quantized = QuantLinear.from_float(linear, WeightFormat("ternary", group_size), ActQuantizer(8))
+    packed = _pack(name, quantized, x, scale_dtype)
     x_numpy = x.numpy()
     with warnings.catch_warnings():  # torch.ao's eager quantization warns that it is moving to torchao
         warnings.simplefilter("ignore")
@@ -75,7 +79,7 @@ def linear_workload(name: str, in_features: int, out_features: int, batch: int, 
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_numpy),
         FP32: lambda: linear(x),
         INT8: lambda: int8(x),
-    })
+    }, scales=scale_dtype)
 
 
 def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int,
@@ -135,10 +139,10 @@ def _he_init(layer: nn.Module, generator: torch.Generator) -> nn.Module:
     return layer.eval()
 
 
-def _pack(name: str, layer: nn.Module, x: torch.Tensor) -> IntegerNet:
+def _pack(name: str, layer: nn.Module, x: torch.Tensor, scale_dtype: str = "fp32") -> IntegerNet:
     """An IntegerNet holding just ``layer``, its input scale calibrated on ``x``."""
     calibrate_activations(nn.Sequential(layer), [(x, None)])
-    packed = pack_quant_layer(name, layer, None, "fp32")
+    packed = pack_quant_layer(name, layer, None, scale_dtype)
     return IntegerNet(PackedModel({packed.name: packed}, [{"op": "layer", "name": packed.name}]))
 
 

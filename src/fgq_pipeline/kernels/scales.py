@@ -1,7 +1,9 @@
 """Storage precision of the per-group scales: fp32, fp16, or int8 times one fp32 scale-of-scales.
 
 At N=4 an fp32 scale adds 8 bits to every 2-bit weight, so the scale precision is the main storage
-lever. The kernels always multiply in fp32: a stored scale is decoded once, when the file loads.
+lever. The kernels always multiply in fp32. The batched ones use scales decoded once, when the file
+loads; the batch-1 GEMV reads them as stored and widens them in registers, so narrower scales also
+cut what it streams from memory.
 """
 
 from __future__ import annotations

@@ -187,15 +187,30 @@ def int_sub(typingctx, acc, array, index):
     return int_vector(int_vector, array, index), codegen
 
 
+_SCALE_VECTORS = {  # how 16 stored scales load and widen to fp32 (fp16 arrives as its uint16 bit pattern)
+    types.float32: (_FLOAT_VECTOR, lambda builder, v: v),
+    types.uint16: (ir.VectorType(_I16, LANES),
+                   lambda builder, v: builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), LANES)),
+                                                    _FLOAT_VECTOR)),
+    types.int8: (ir.VectorType(_I8, LANES), lambda builder, v: builder.sitofp(v, _FLOAT_VECTOR)),
+}
+
+
 @intrinsic
 def add_scaled(typingctx, acc, sums, scales, index):
-    """acc + float(sums) * scales[index:index + 16]: one group's exact sums into the fp32 total."""
-    if not _flat(scales, types.float32):
+    """acc + float(sums) * scales[index:index + 16]: one group's exact sums into the fp32 total.
+
+    Scales may be stored as fp32, fp16 (passed as a uint16 view: Numba has no CPU float16) or int8
+    (the caller multiplies the total by the scale-of-scales); each widens to fp32 exactly.
+    """
+    if not _flat(scales, *_SCALE_VECTORS):
         return None
+    stored, widen = _SCALE_VECTORS[scales.dtype]
 
     def codegen(context, builder, sig, args):
         acc, sums, array, index = args
-        scale = builder.load(_element_pointer(context, builder, sig.args[2], array, index, _FLOAT_VECTOR), align=4)
+        pointer = _element_pointer(context, builder, sig.args[2], array, index, stored)
+        scale = widen(builder, builder.load(pointer, align=1))
         product = builder.fmul(builder.sitofp(sums, _FLOAT_VECTOR), scale, flags=("contract",))
         return builder.fadd(acc, product, flags=("contract",))
 

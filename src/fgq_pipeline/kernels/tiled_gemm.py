@@ -136,13 +136,18 @@ def _gemv_kernel(x, codes, scales, offsets, group_ends, signed, bias, act_scale,
 @dataclass(frozen=True)
 class GemvOperands:
     """A ternary layer for the GEMV kernel, per group of 4 tiles: ``codes`` uint8 [T / 4, Q, 64] (16
-    bytes per tile, see :func:`.simd.decode_codes`), ``scales`` fp32 and ``offsets`` int32
-    [T / 4, G, 64]: one stream each for the four tiles' accumulators (per-tile arrays, four streams,
-    were about 10% slower at batch 1; this order was slower in the batched kernel)."""
+    bytes per tile, see :func:`.simd.decode_codes`), ``scales`` and ``offsets`` int32 [T / 4, G, 64]:
+    one stream each for the four tiles' accumulators (per-tile arrays, four streams, were about 10%
+    slower at batch 1; this order was slower in the batched kernel).
+
+    The scales stay as the file stores them (fp32; fp16 as its uint16 bits; int8, the outputs then
+    multiplied by ``scale_multiplier``, the scale-of-scales): at N=4 the scales are most of what a
+    batch-1 layer reads, 8 bits per weight in fp32 against 2 for the codes."""
 
     codes: np.ndarray
     scales: np.ndarray
     offsets: np.ndarray
+    scale_multiplier: float
 
 
 @dataclass(frozen=True)
@@ -192,8 +197,12 @@ class TiledLayer:
         offsets = (SIGNED_OFFSET * group_sums).astype(np.int32)
         gemv = None
         if ternary:
-            gemv = GemvOperands(_group_codes(by_quad), _lanes_major(scales, GROUP_LANES),
-                                _lanes_major(offsets, GROUP_LANES))
+            stored = np.zeros((padded, len(group_ends)), dtype=layer.scales.dtype)
+            stored[:outputs] = layer.scales
+            stored = stored.view(np.uint16) if stored.dtype == np.float16 else stored
+            multiplier = 1.0 if layer.scale_of_scales is None else layer.scale_of_scales
+            gemv = GemvOperands(_group_codes(by_quad), _lanes_major(stored, GROUP_LANES),
+                                _lanes_major(offsets, GROUP_LANES), multiplier)
         return cls(
             weights=np.ascontiguousarray(by_quad[:tiles].reshape(tiles, quads, BYTES)),
             scales=_lanes_major(scales[:tiles * TILE], TILE),
@@ -214,11 +223,13 @@ class TiledLayer:
         if signed:
             x = x.view(np.uint8) ^ np.uint8(SIGNED_OFFSET)
         out = np.empty((x.shape[0], tiles * TILE), dtype=np.float32)
-        args = (self.group_ends, signed, self.bias, np.float32(act_scale), out)
         if self.gemv is not None and x.shape[0] < GEMV_MAX_ROWS:
-            _gemv_kernel(x, self.gemv.codes, self.gemv.scales, self.gemv.offsets, *args)
+            gemv = self.gemv
+            _gemv_kernel(x, gemv.codes, gemv.scales, gemv.offsets, self.group_ends, signed, self.bias,
+                         np.float32(act_scale * gemv.scale_multiplier), out)
         else:
-            _batched_kernel(x, self.weights, self.scales, self.offsets, *args)
+            _batched_kernel(x, self.weights, self.scales, self.offsets, self.group_ends, signed, self.bias,
+                            np.float32(act_scale), out)
         return out if out.shape[1] == self.out_channels else np.ascontiguousarray(out[:, :self.out_channels])
 
 

@@ -23,6 +23,7 @@ def bench_settings(cfg: DictConfig) -> BenchSettings:
         group_sizes=tuple(bench["group_sizes"]), linear=tuple(bench["linear"] or ()), conv=tuple(bench["conv"] or ()),
         network_depth=network.get("depth"), network_checkpoint=resolve_path(checkpoint) if checkpoint else None,
         max_background_cpus=float(bench["max_background_cpus"]), require_idle=bool(bench["require_idle"]),
+        gemv_scale_dtypes=tuple(bench.get("gemv_scale_dtypes") or ()),
     )
 
 
@@ -39,4 +40,5 @@ def run_bench(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 
 def _metric_key(row: dict) -> str:
-    return (f"ms/{row['candidate']}/t{row['threads']}/{row['workload']}/b{row['batch']}/n{row['group_size']}")
+    scales = "" if row["scales"] == "fp32" else f"/{row['scales']}"
+    return f"ms/{row['candidate']}/t{row['threads']}/{row['workload']}/b{row['batch']}/n{row['group_size']}{scales}"
