@@ -17,6 +17,7 @@ from .int8_gemm import int8_gemm
 from .packed import PackedLayer
 from .packed_file import PackedModel, load_packed
 from .ternary_gemm import ternary_gemm
+from .simd import HAS_VNNI
 from .tiled_gemm import TiledLayer
 
 
@@ -28,7 +29,8 @@ class IntegerNet:
         self.graph = ops.validate_graph(model.graph, set(model.layers))
         self._scales = {name: layer.fp32_scales for name, layer in self.layers.items()}
         self._tiled = {  # layers whose groups are whole quads run on the tiled kernels, re-laid out once here
-            name: TiledLayer.from_packed(layer) for name, layer in self.layers.items() if TiledLayer.supports(layer)
+            name: TiledLayer.from_packed(layer) for name, layer in self.layers.items()
+            if HAS_VNNI and TiledLayer.supports(layer)  # without VNNI they are about 10x slower (kernels README)
         }
 
     @classmethod
