@@ -9,6 +9,7 @@ from fgq_pipeline.kernels.codes import unpack_codes
 from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
+    target_has_vnni,
     add_scaled,
     dot4_generic,
     dot4_vnni,
@@ -150,3 +151,15 @@ def test_dot4_lowerings_compute_exact_sums_of_four_products(lowering):
     expected = (unsigned_bytes.astype(np.int64) * signed_bytes).reshape(16, 4).sum(axis=1)
     assert expected[0] == 4 * 255 * -128
     np.testing.assert_array_equal(out, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("cpu_name, features, expected", [
+    ("generic", None, False), ("x86-64", "+avx512f,+avx512vnni", True), (None, "+avx2", False),
+])
+def test_a_pinned_numba_target_decides_whether_vpdpbusd_is_used(monkeypatch, cpu_name, features, expected):
+    """A portable cache (NUMBA_CPU_NAME=generic) must not get an instruction its CPUs may lack."""
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_NAME", cpu_name)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert target_has_vnni() is expected

@@ -17,19 +17,23 @@ from __future__ import annotations
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 LANES = 16  # int32 or fp32 lanes of a 512-bit vector
 BYTES = 4 * LANES
 
 
-def host_has_vnni() -> bool:
+def target_has_vnni() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512 VNNI: the host's features, or, when
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pin another target (portable caches), those features."""
+    if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        return "+avx512vnni" in (config.CPU_FEATURES or "").split(",")
     llvm.initialize_native_target()
     return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
 
 
-HAS_VNNI = host_has_vnni()
+HAS_VNNI = target_has_vnni()
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _BYTE_VECTOR = ir.VectorType(_I8, BYTES)
