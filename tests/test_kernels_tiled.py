@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from numba import njit
+from test_kernels_gemm import extreme_operands, operands
 
 from fgq_pipeline.kernels import ActivationFormat, pack_int8_layer, pack_ternary_layer
 from fgq_pipeline.kernels.codes import unpack_codes
 from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
-    target_has_vnni,
     add_scaled,
     dot4_generic,
     dot4_vnni,
@@ -17,9 +17,9 @@ from fgq_pipeline.kernels.simd import (
     int_zeros,
     load_bytes,
     store_affine,
+    target_has_vnni,
 )
 from fgq_pipeline.kernels.tiled_gemm import GEMV_MAX_ROWS, ROW_BLOCK, TILE, TiledLayer
-from test_kernels_gemm import extreme_operands, operands
 
 KERNEL_SIDE = {1: 1, 4: 2, 9: 3}  # kernel positions -> a square kernel's side
 

@@ -37,8 +37,19 @@ from numba import njit, prange
 from .codes import CODES_PER_BYTE, unpack_codes
 from .operands import check_activations
 from .packed import PackedLayer
-from .simd import BYTES, LANES, add_scaled, broadcast_quad, decode_codes, dot4, float_zeros, int_sub, int_zeros
-from .simd import load_bytes, store_affine
+from .simd import (
+    BYTES,
+    LANES,
+    add_scaled,
+    broadcast_quad,
+    decode_codes,
+    dot4,
+    float_zeros,
+    int_sub,
+    int_zeros,
+    load_bytes,
+    store_affine,
+)
 from .ternary_gemm import FLOAT_FASTMATH
 from .validation import ACCUMULATOR_MAX
 
