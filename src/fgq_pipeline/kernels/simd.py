@@ -24,16 +24,17 @@ LANES = 16  # int32 or fp32 lanes of a 512-bit vector
 BYTES = 4 * LANES
 
 
-def target_has_vnni() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512 VNNI: the host's features, or, when
-    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pin another target (portable caches), those features."""
+def target_has(feature: str) -> bool:
+    """Whether Numba compiles for a CPU with ``feature`` (an LLVM name: "avx512vnni", "f16c"): the
+    host's, or, when NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pin another target (portable caches), those."""
     if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
-        return "+avx512vnni" in (config.CPU_FEATURES or "").split(",")
+        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
     llvm.initialize_native_target()
-    return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+    return bool(llvm.get_host_cpu_features().get(feature, False))
 
 
-HAS_VNNI = target_has_vnni()
+HAS_VNNI = target_has("avx512vnni")
+HAS_F16C = target_has("f16c")  # without it LLVM widens fp16 through a runtime call Numba cannot link
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _BYTE_VECTOR = ir.VectorType(_I8, BYTES)
@@ -204,8 +205,9 @@ _SCALE_VECTORS = {  # how 16 stored scales load and widen to fp32 (fp16 arrives 
 def add_scaled(typingctx, acc, sums, scales, index):
     """acc + float(sums) * scales[index:index + 16]: one group's exact sums into the fp32 total.
 
-    Scales may be stored as fp32, fp16 (passed as a uint16 view: Numba has no CPU float16) or int8
-    (the caller multiplies the total by the scale-of-scales); each widens to fp32 exactly.
+    Scales may be stored as fp32, fp16 (passed as a uint16 view: Numba has no CPU float16; needs
+    F16C, see HAS_F16C) or int8 (the caller multiplies the total by the scale-of-scales); each widens
+    to fp32 exactly.
     """
     if not _flat(scales, *_SCALE_VECTORS):
         return None

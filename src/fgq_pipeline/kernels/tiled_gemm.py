@@ -39,6 +39,7 @@ from .operands import check_activations
 from .packed import PackedLayer
 from .simd import (
     BYTES,
+    HAS_F16C,
     LANES,
     add_scaled,
     broadcast_quad,
@@ -208,8 +209,9 @@ class TiledLayer:
         offsets = (SIGNED_OFFSET * group_sums).astype(np.int32)
         gemv = None
         if ternary:
-            stored = np.zeros((padded, len(group_ends)), dtype=layer.scales.dtype)
-            stored[:outputs] = layer.scales
+            as_stored = layer.scales.dtype != np.float16 or HAS_F16C
+            stored = np.zeros((padded, len(group_ends)), dtype=layer.scales.dtype if as_stored else np.float32)
+            stored[:outputs] = layer.scales if as_stored else layer.fp32_scales
             stored = stored.view(np.uint16) if stored.dtype == np.float16 else stored
             multiplier = 1.0 if layer.scale_of_scales is None else layer.scale_of_scales
             gemv = GemvOperands(_group_codes(by_quad), _lanes_major(stored, GROUP_LANES),
