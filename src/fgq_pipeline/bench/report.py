@@ -13,10 +13,9 @@ from matplotlib.figure import Figure
 from fgq_pipeline.atomic import atomic_path, write_text_atomically
 
 from .run import Machine
-from .workloads import FP32, INT8, NUMBA
+from .workloads import DEFAULT_SCALES, FP32, INT8, NUMBA
 
 CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "scales"]
-DEFAULT_SCALES = "fp32"
 PNG_DPI = 110
 
 

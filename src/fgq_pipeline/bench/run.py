@@ -14,10 +14,13 @@ import numba
 import torch
 from tqdm.auto import tqdm
 
+from fgq_pipeline.kernels.scales import SCALE_DTYPES
+
 from .compile_time import compile_and_cache_load_seconds
 from .timing import background_cpus, time_interleaved
 from .workloads import (
     CANDIDATES,
+    DEFAULT_SCALES,
     TORCH_QUANTIZED_DEPRECATION,
     Workload,
     conv_workload,
@@ -26,7 +29,7 @@ from .workloads import (
 )
 
 LINEAR_KEYS = ("in_features", "out_features")
-NARROW_SCALE_DTYPES = ("fp16", "int8")
+NARROW_SCALE_DTYPES = tuple(dtype for dtype in SCALE_DTYPES if dtype != DEFAULT_SCALES)
 CONV_KEYS = ("in_channels", "out_channels", "kernel", "stride", "padding", "size")
 
 

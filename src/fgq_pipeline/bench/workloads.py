@@ -40,6 +40,7 @@ from fgq_pipeline.quant.activation import ActQuantizer
 from fgq_pipeline.quant.modules import QuantConv2d, QuantLinear, WeightFormat
 
 NUMBA, FP32, INT8 = "numba_ternary", "torch_fp32", "torch_int8"
+DEFAULT_SCALES = "fp32"  # how the packed layers store their scales unless a workload says otherwise
 CANDIDATES = (NUMBA, FP32, INT8)
 CIFAR_IMAGE = (3, 32, 32)
 CALIBRATION_BATCHES = 4
@@ -60,11 +61,11 @@ class Workload:
     potential_speedup: float
     candidates: dict[str, Callable[[], object]]
     skipped: dict[str, str] = field(default_factory=dict)
-    scales: str = "fp32"
+    scales: str = DEFAULT_SCALES
 
 
 def linear_workload(name: str, in_features: int, out_features: int, batch: int, group_size: int,
-                    seed: int = 0, scale_dtype: str = "fp32") -> Workload:
+                    seed: int = 0, scale_dtype: str = DEFAULT_SCALES) -> Workload:
     generator = torch.Generator().manual_seed(seed)
     linear = _he_init(nn.Linear(in_features, out_features), generator)
     x = torch.relu(torch.randn(batch, in_features, generator=generator))
@@ -139,7 +140,7 @@ def _he_init(layer: nn.Module, generator: torch.Generator) -> nn.Module:
     return layer.eval()
 
 
-def _pack(name: str, layer: nn.Module, x: torch.Tensor, scale_dtype: str = "fp32") -> IntegerNet:
+def _pack(name: str, layer: nn.Module, x: torch.Tensor, scale_dtype: str = DEFAULT_SCALES) -> IntegerNet:
     """An IntegerNet holding just ``layer``, its input scale calibrated on ``x``."""
     calibrate_activations(nn.Sequential(layer), [(x, None)])
     packed = pack_quant_layer(name, layer, None, scale_dtype)

@@ -16,8 +16,8 @@ from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer
 from .packed_file import PackedModel, load_packed
-from .ternary_gemm import ternary_gemm
 from .simd import HAS_VNNI
+from .ternary_gemm import ternary_gemm
 from .tiled_gemm import TiledLayer
 
 
@@ -27,10 +27,12 @@ class IntegerNet:
     def __init__(self, model: PackedModel):
         self.layers = model.layers
         self.graph = ops.validate_graph(model.graph, set(model.layers))
-        self._scales = {name: layer.fp32_scales for name, layer in self.layers.items()}
         self._tiled = {  # layers whose groups are whole quads run on the tiled kernels, re-laid out once here
             name: TiledLayer.from_packed(layer) for name, layer in self.layers.items()
             if HAS_VNNI and TiledLayer.supports(layer)  # without VNNI they are about 10x slower (kernels README)
+        }
+        self._scales = {  # fp32 scales for the general kernels (the tiled layout holds its own)
+            name: layer.fp32_scales for name, layer in self.layers.items() if name not in self._tiled
         }
 
     @classmethod
@@ -78,10 +80,10 @@ class IntegerNet:
         return self._gemm(layer, columns).reshape(x.shape[0], out_height, out_width, layer.out_channels)
 
     def _gemm(self, layer: PackedLayer, columns: np.ndarray) -> np.ndarray:
-        scales = self._scales[layer.name]
         act_scale = layer.activation.scale
         if layer.name in self._tiled:
             return self._tiled[layer.name].gemm(columns, act_scale)
+        scales = self._scales[layer.name]
         if layer.weight_format == "int8":
             return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
         return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)

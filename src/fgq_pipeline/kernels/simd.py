@@ -81,6 +81,12 @@ def _flat(array, *dtypes) -> bool:
 _BYTE_TYPES = (types.uint8, types.int8)
 
 
+def _splat(builder, value, vector_type):
+    """``value`` in every lane of ``vector_type``."""
+    lane0 = builder.insert_element(ir.Constant(vector_type, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector_type, None), ir.Constant(_INT_VECTOR, [0] * LANES))
+
+
 def _element_pointer(context, builder, array_type, array, index, pointee):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.bitcast(builder.gep(data, [index]), pointee.as_pointer())
@@ -116,8 +122,7 @@ def broadcast_quad(typingctx, array, index):
 
     def codegen(context, builder, sig, args):
         quad = builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
-        lane0 = builder.insert_element(ir.Constant(_INT_VECTOR, None), quad, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(lane0, ir.Constant(_INT_VECTOR, None), ir.Constant(_INT_VECTOR, [0] * LANES))
+        return _splat(builder, quad, _INT_VECTOR)
 
     return int_vector(array, index), codegen
 
@@ -226,15 +231,13 @@ def add_scaled(typingctx, acc, sums, scales, index):
 @intrinsic
 def store_affine(typingctx, out, index, acc, multiplier, bias, bias_index):
     """out[index:index + 16] = acc * multiplier + bias[bias_index:bias_index + 16]."""
-
     if multiplier != types.float32 or not _flat(out, types.float32) or not _flat(bias, types.float32):
         return None
 
     def codegen(context, builder, sig, args):
         out, index, acc, multiplier, bias, bias_index = args
         shift = builder.load(_element_pointer(context, builder, sig.args[4], bias, bias_index, _FLOAT_VECTOR), align=4)
-        lanes = builder.insert_element(ir.Constant(_FLOAT_VECTOR, None), multiplier, ir.Constant(_I32, 0))
-        factor = builder.shuffle_vector(lanes, ir.Constant(_FLOAT_VECTOR, None), ir.Constant(_INT_VECTOR, [0] * LANES))
+        factor = _splat(builder, multiplier, _FLOAT_VECTOR)
         value = builder.fadd(builder.fmul(acc, factor, flags=("contract",)), shift, flags=("contract",))
         builder.store(value, _element_pointer(context, builder, sig.args[0], out, index, _FLOAT_VECTOR), align=4)
         return context.get_dummy_value()

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..bench.report import write_bench_report
 from ..bench.run import BenchSettings, run_benchmark
+from ..bench.workloads import DEFAULT_SCALES
 from ..experiment import resolve_path
 from ..tracking import log_metrics
 
@@ -40,5 +41,5 @@ def run_bench(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 
 def _metric_key(row: dict) -> str:
-    scales = "" if row["scales"] == "fp32" else f"/{row['scales']}"
+    scales = "" if row["scales"] == DEFAULT_SCALES else f"/{row['scales']}"
     return f"ms/{row['candidate']}/t{row['threads']}/{row['workload']}/b{row['batch']}/n{row['group_size']}{scales}"
