@@ -1,22 +1,7 @@
-"""DVC stage `baseline`: train the FP32 model, save its weights, record its accuracy."""
+"""DVC stage `baseline`: train the FP32 model (or take a pretrained one), save its weights, score it."""
 
-from omegaconf import OmegaConf
-
-from fgq_pipeline import tracking
-from fgq_pipeline.experiment import write_json
-from fgq_pipeline.params import load_params
-from fgq_pipeline.tasks import train_baseline
-from fgq_pipeline.validation import exit_on_user_error
-
-
-@exit_on_user_error("stage baseline")
-def main() -> None:
-    cfg = load_params()
-    with tracking.tracked_run(cfg.mlflow.experiment, "baseline", OmegaConf.masked_copy(cfg, ["data", "model", "baseline", "seed"])):
-        metrics = train_baseline(cfg)
-        tracking.log_metrics(metrics)
-        write_json(cfg.paths.fp32_metrics, metrics)
-
+from fgq_pipeline.runner import run_stage
+from fgq_pipeline.tasks.baseline import train_baseline
 
 if __name__ == "__main__":
-    main()
+    run_stage("baseline", train_baseline, metrics_path_key="fp32_metrics")

@@ -1,23 +1,14 @@
 """DVC stage `finetune`: quantization-aware fine-tuning at the `finetune` group size and bits."""
 
-from omegaconf import OmegaConf
-
-from fgq_pipeline import tracking
-from fgq_pipeline.experiment import resolve_path, write_json
-from fgq_pipeline.params import load_params
-from fgq_pipeline.tasks import run_finetune
-from fgq_pipeline.validation import exit_on_user_error
+from fgq_pipeline.project import resolve_path
+from fgq_pipeline.runner import run_stage
+from fgq_pipeline.tasks.finetune import run_finetune
 
 
-@exit_on_user_error("stage finetune")
-def main() -> None:
-    cfg = load_params()
-    with tracking.tracked_run(cfg.mlflow.experiment, "finetune", OmegaConf.masked_copy(cfg, ["quant", "finetune", "trainer", "calibration", "seed"])):
-        metrics = run_finetune(cfg, checkpoint_dir=str(resolve_path(cfg.paths.finetune_checkpoints)),
-                               weights_path=resolve_path(cfg.paths.finetuned_weights))
-        tracking.log_metrics(metrics)
-        write_json(cfg.paths.finetune_metrics, metrics)
+def finetune(cfg, log) -> dict:
+    return run_finetune(cfg, log, checkpoint_dir=resolve_path(cfg.paths.finetune_checkpoints),
+                        weights_path=resolve_path(cfg.paths.finetuned_weights))
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("finetune", finetune, metrics_path_key="finetune_metrics")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from .experiment import project_root
-from .validation import validate_config
+from .project import project_root
 
 PARAMS_FILE = "params.yaml"
 
@@ -24,13 +23,11 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def load_params() -> DictConfig:
-    """params.yaml, validated (see :func:`validate_config`) before a stage does any work."""
+    """params.yaml, the parameters of every DVC stage."""
     path = project_root() / PARAMS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run `python -m fgq_pipeline.params` to write it from conf/")
-    cfg = OmegaConf.load(path)
-    validate_config(cfg)
-    return cfg
+    return OmegaConf.load(path)
 
 
 def main() -> None:

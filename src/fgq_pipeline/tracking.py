@@ -2,6 +2,8 @@
 
 The store defaults to a SQLite file at the project root so every stage, CLI run and sweep of a
 checkout lands in one place; ``MLFLOW_TRACKING_URI`` points it elsewhere (e.g. a team server).
+Tasks receive a :class:`RunLog` for the run they log to, rather than reaching for MLflow's global
+active run, so the same task logs correctly as a stage, a CLI job or a sweep's child.
 """
 
 from __future__ import annotations
@@ -10,29 +12,30 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
-from .experiment import project_root
+from .project import project_root
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAMS_PER_BATCH, MAX_METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_FILE}"
 
 
-def use_experiment(name: str) -> str:
-    """Point MLflow at the project store and experiment ``name`` (created on first use)."""
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
+def use_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name`` in the project store, created on first use."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         artifacts = (project_root() / ARTIFACT_DIR / name).as_uri()
@@ -66,38 +69,79 @@ def git_commit() -> str:
         return "unknown"
 
 
+def numeric_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
+    """The numeric entries of ``metrics`` (strings and flags are params or tags, not metrics)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """One MLflow run that a task logs to."""
+
+    client: MlflowClient
+    experiment_id: str
+    run_id: str
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    def log_metrics(self, metrics: Mapping[str, object]) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(key, value, now, 0) for key, value in numeric_metrics(metrics).items()]
+        for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        entries = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=entries[start:start + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    @contextmanager
+    def child_run(self, stage: str, params: Mapping, run_name: str) -> Iterator[RunLog]:
+        """A run nested under this one (a grid configuration, a sweep job)."""
+        with _run(self.client, self.experiment_id, stage, params, run_name, parent_run_id=self.run_id) as child:
+            yield child
+
+
 @contextmanager
 def tracked_run(
-    experiment: str,
-    stage: str,
-    params: Mapping | DictConfig,
-    run_name: str | None = None,
-    parent_run_id: str | None = None,
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run tagged with stage, git commit and params hash; FAILED if the body raises."""
-    if isinstance(params, DictConfig):
-        params = OmegaConf.to_container(params, resolve=True)
-    experiment_id = use_experiment(experiment)
+    experiment: str, stage: str, params: Mapping, run_name: str | None = None, parent_run_id: str | None = None,
+) -> Iterator[RunLog]:
+    """A run tagged with stage, git commit and params hash; FINISHED, or FAILED if the body raises."""
+    client = MlflowClient(tracking_uri())
+    with _run(client, use_experiment(client, experiment), stage, params, run_name or stage, parent_run_id) as log:
+        yield log
+
+
+@contextmanager
+def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, run_name: str,
+         parent_run_id: str | None) -> Iterator[RunLog]:
     tags = {"stage": stage, "git_commit": git_commit(), "params_hash": params_hash(params)}
-    nested = mlflow.active_run() is not None  # in-process parent: the active run
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name or stage, tags=tags, nested=nested,
-        parent_run_id=None if nested else parent_run_id,
-    ) as run:
-        mlflow.log_params(flatten(params))
-        yield run
-
-
-def log_metrics(metrics: Mapping[str, object]) -> None:
-    """Log the numeric entries of ``metrics`` (strings and flags are params, not metrics)."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    mlflow.log_metrics(numeric)
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    log = RunLog(client, experiment_id, run.info.run_id)
+    status = "FAILED"
+    try:
+        log.log_params(flatten(params))
+        yield log
+        status = "FINISHED"
+    finally:
+        client.set_terminated(log.run_id, status)
 
 
 def start_parent_run(experiment: str, run_name: str, sweep_dir: Path) -> str:
     """Open the parent run of a sweep and leave its id in the sweep directory for the jobs."""
-    experiment_id = use_experiment(experiment)
-    run = MlflowClient().create_run(experiment_id, run_name=run_name, tags={"stage": "sweep", "git_commit": git_commit()})
+    client = MlflowClient(tracking_uri())
+    tags = {"stage": "sweep", "git_commit": git_commit()}
+    run = client.create_run(use_experiment(client, experiment), run_name=run_name, tags=tags)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / PARENT_RUN_FILE).write_text(run.info.run_id)
     return run.info.run_id
@@ -111,5 +155,4 @@ def sweep_parent_run_id(sweep_dir: Path) -> str | None:
 def end_parent_run(sweep_dir: Path, status: str = "FINISHED") -> None:
     run_id = sweep_parent_run_id(sweep_dir)
     if run_id:
-        mlflow.set_tracking_uri(tracking_uri())
-        MlflowClient().set_terminated(run_id, status)
+        MlflowClient(tracking_uri()).set_terminated(run_id, status)

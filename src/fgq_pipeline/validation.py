@@ -12,6 +12,8 @@ from typing import TypeVar
 
 from omegaconf import DictConfig
 
+from .project import resolve_path
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 EXIT_USER_ERROR = 2
 OUTPUT_PATHS = ("data_manifest", "fp32_weights", "fp32_metrics", "ptq_results", "ptq_metrics", "finetuned_weights",
@@ -23,16 +25,13 @@ T = TypeVar("T")
 def validate_config(cfg: DictConfig) -> None:
     """Every quantization setting the run can reach, the calibration and fine-tune settings, and
     that every output location can be written."""
-    from .experiment import (  # experiment imports torch and Lightning: keep this module light
-        ptq_grid,
-        quant_config,
-    )
+    from .tasks.ptq_grid import finetune_quant_config, ptq_grid, quant_config  # the method's checks, with torch
 
     quant_config(cfg)
     if "ptq" in cfg:
         ptq_grid(cfg)
     if "finetune" in cfg:
-        quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
+        finetune_quant_config(cfg)
         _positive_int("finetune.epochs", cfg.finetune.epochs)
     if "calibration" in cfg:
         _positive_int("calibration.num_images", cfg.calibration.num_images,
@@ -45,8 +44,6 @@ def validate_config(cfg: DictConfig) -> None:
 
 def check_writable(what: str, path: str | Path) -> None:
     """The nearest existing directory at or above ``path`` must be a writable directory."""
-    from .experiment import resolve_path
-
     target = resolve_path(path)
     existing = next(p for p in (target, *target.parents) if p.exists())
     if existing != target and not existing.is_dir():

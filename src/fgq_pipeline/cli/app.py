@@ -1,5 +1,5 @@
-"""What every Hydra app shares: the conf/ directory, one MLflow run per job (FAILED if the job
-fails), the config validated before any work, metrics.json, and user errors as one line, exit 2."""
+"""What every Hydra app shares: the conf/ directory and the project's job runner, with the job's
+output directory for metrics.json and a sweep's parent MLflow run for the jobs of a multirun."""
 
 from __future__ import annotations
 
@@ -12,35 +12,30 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .. import tracking
-from ..experiment import write_json
 from ..params import config_dir
-from ..validation import exit_on_user_error, validate_config
+from ..runner import Task, run_job
+from ..validation import exit_on_user_error
 
-MetricsFn = Callable[[DictConfig, Path], dict]
-
-
-def run_job(cfg: DictConfig, stage: str, task: MetricsFn) -> dict:
-    """Run ``task`` as one MLflow run (a child of the sweep's run under -m) and write metrics.json."""
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    parent = None
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        parent = tracking.sweep_parent_run_id(Path(hydra_cfg.sweep.dir))
-    overrides = " ".join(hydra_cfg.overrides.task) or "defaults"
-    with tracking.tracked_run(cfg.mlflow.experiment, stage, cfg, run_name=f"{stage} {overrides}", parent_run_id=parent):
-        validate_config(cfg)
-        metrics = task(cfg, run_dir)
-        tracking.log_metrics(metrics)
-        tracking.mlflow.log_artifact(str(write_json(run_dir / "metrics.json", metrics)))
-    return metrics
+METRICS_FILE = "metrics.json"
 
 
-def hydra_app(stage: str, task: MetricsFn) -> Callable[[], None]:
-    """A console-script entry point running ``task`` under Hydra with the project's conf/."""
+def job_dir() -> Path:
+    """The output directory Hydra gave this job."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def hydra_app(program: str, stage: str, task: Task, run_name: Callable[[DictConfig], str]) -> Callable[[], None]:
+    """A console-script entry point running ``task`` under Hydra, recording the params of DVC stage ``stage``."""
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-    @exit_on_user_error(stage)
+    @exit_on_user_error(program)
     def main(cfg: DictConfig) -> float | None:
-        return run_job(cfg, stage, task).get("top1")  # the value a Hydra sweeper optimises
+        hydra_cfg = HydraConfig.get()
+        parent = None
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            parent = tracking.sweep_parent_run_id(Path(hydra_cfg.sweep.dir))
+        metrics = run_job(cfg, program, task, metrics_path=job_dir() / METRICS_FILE, run_name=run_name(cfg),
+                          parent_run_id=parent, params_of=stage)
+        return metrics.get("top1")  # the value a Hydra sweeper optimises
 
     return main

@@ -1,13 +1,20 @@
 """`fgq-finetune`: quantization-aware fine-tuning at `finetune.group_size` / `finetune.act_bits`;
 checkpoints and the fine-tuned weights go to the job's run directory."""
 
-from ..tasks import run_finetune
-from .app import hydra_app
+from ..tasks.finetune import run_finetune
+from ..tasks.ptq_grid import finetune_quant_config
+from ..tasks.records import run_name
+from .app import hydra_app, job_dir
 
 FINETUNED_WEIGHTS = "finetuned.safetensors"
 
-main = hydra_app("fgq-finetune", lambda cfg, run_dir: run_finetune(
-    cfg, checkpoint_dir=str(run_dir / "checkpoints"), weights_path=run_dir / FINETUNED_WEIGHTS))
+
+def finetune_job(cfg, log) -> dict:
+    return run_finetune(cfg, log, checkpoint_dir=job_dir() / "checkpoints", weights_path=job_dir() / FINETUNED_WEIGHTS)
+
+
+main = hydra_app("fgq-finetune", "finetune", finetune_job,
+                 lambda cfg: f"finetune {run_name(finetune_quant_config(cfg))} {cfg.finetune.epochs} epochs")
 
 if __name__ == "__main__":
     main()

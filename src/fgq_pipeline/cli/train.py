@@ -1,9 +1,9 @@
-"""`fgq-train`: train the FP32 baseline and write it to `model.checkpoint`."""
+"""`fgq-train`: train the FP32 baseline (or score `model.checkpoint`) and save it to `paths.fp32_weights`."""
 
-from ..tasks import train_baseline
+from ..tasks.baseline import train_baseline
 from .app import hydra_app
 
-main = hydra_app("fgq-train", lambda cfg, _run_dir: train_baseline(cfg))
+main = hydra_app("fgq-train", "baseline", train_baseline, lambda cfg: f"baseline {cfg.model.name}")
 
 if __name__ == "__main__":
     main()

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import mlflow
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import MLFlowLogger
 
-from ..experiment import build_datamodule, build_model, resolve_path, seed_everything
+from ..builders import build_datamodule, build_model
 from ..models import save_weights
-from ..tracking import tracking_uri
+from ..project import resolve_path
+from ..seeding import seed_everything
+from ..tracking import RunLog
 from ..train import ClassifierModule, evaluate, fit
 
 
-def train_baseline(cfg: DictConfig) -> dict:
+def train_baseline(cfg: DictConfig, log: RunLog) -> dict:
     """Train ``cfg.model`` on ``cfg.data`` (``baseline.train``) or load ``model.checkpoint``.
 
     Either way the FP32 weights end up in ``paths.fp32_weights``, the input of every later stage.
-    Runs inside an active MLflow run, which the Lightning logger writes into.
+    Lightning's training curves go to ``log``.
     """
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
     if cfg.baseline.train:
         model = build_model(cfg, load_checkpoint=False)
         module = ClassifierModule(model, lr=cfg.baseline.lr, epochs=cfg.baseline.epochs, optimizer=cfg.baseline.optimizer)
-        logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
-        fit(module, datamodule, epochs=cfg.baseline.epochs, logger=logger,
+        fit(module, datamodule, epochs=cfg.baseline.epochs, log=log,
             trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     else:
         model = build_model(cfg)
@@ -33,3 +32,4 @@ def train_baseline(cfg: DictConfig) -> dict:
     return {"fp32_top1": metrics["top1"], "fp32_top5": metrics["top5"], "num_images": metrics["num_images"],
             "trained_epochs": cfg.baseline.epochs if cfg.baseline.train else 0,
             "train_images": datamodule.num_train_images}
+

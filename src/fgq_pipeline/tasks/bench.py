@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from ..bench.report import write_bench_report
 from ..bench.run import BenchSettings, run_benchmark
 from ..bench.workloads import DEFAULT_SCALES
-from ..experiment import resolve_path
-from ..tracking import log_metrics
+from ..project import resolve_path
+from ..tracking import RunLog
 
 
 def bench_settings(cfg: DictConfig) -> BenchSettings:
@@ -28,15 +27,15 @@ def bench_settings(cfg: DictConfig) -> BenchSettings:
     )
 
 
-def run_bench(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Time every workload, write the report to ``out_dir`` and log every timing to the active run;
+def run_bench(cfg: DictConfig, log: RunLog, out_dir: str | Path) -> dict:
+    """Time every workload, write the report to ``out_dir`` and log every timing to ``log``;
     returns the summary (targets, compile time, idle check) for the caller to record."""
     rows, machine = run_benchmark(bench_settings(cfg))
     summary, paths = write_bench_report(rows, machine, out_dir)
-    mlflow.set_tags({"bench.cpu": machine.cpu, "bench.idle": str(machine.idle)})
-    log_metrics({_metric_key(row): row["median_ms"] for row in rows if row["median_ms"] is not None})
+    log.set_tags({"bench.cpu": machine.cpu, "bench.idle": str(machine.idle)})
+    log.log_metrics({_metric_key(row): row["median_ms"] for row in rows if row["median_ms"] is not None})
     for path in paths.values():
-        mlflow.log_artifact(str(path))
+        log.log_artifact(path)
     return summary
 
 

@@ -4,38 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 
-from ..experiment import (
-    build_datamodule,
-    build_model,
-    quant_config,
-    resolve_path,
-    seed_everything,
-)
+from ..builders import build_datamodule, build_model
 from ..models import load_weights, save_weights
-from ..quant import QuantConfig, quantize_model
-from ..tracking import tracking_uri
+from ..project import resolve_path
+from ..quant import quantize_model
+from ..seeding import seed_everything
+from ..tracking import RunLog
 from ..train import ClassifierModule, evaluate, fit
 from .ptq import PostTrainingQuantizer
+from .ptq_grid import finetune_quant_config
 from .records import result_record
 
 
-def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
-    return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
-
-
-def run_finetune(cfg: DictConfig, checkpoint_dir: str, weights_path: Path) -> dict:
+def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path) -> dict:
     """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients,
     optionally distilling from the FP32 model it started from (``finetune.distill_weight``).
 
     Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one. The
     fine-tuned weights go to ``weights_path`` (the stage's tracked output, or a CLI job's run directory,
-    so that a job never overwrites the pipeline's weights).
-    Runs inside an active MLflow run, which the Lightning logger writes into.
+    so that a job never overwrites the pipeline's weights). Lightning's training curves go to ``log``.
     """
     quant = finetune_quant_config(cfg)
     seed_everything(cfg.seed)
@@ -50,11 +40,10 @@ def run_finetune(cfg: DictConfig, checkpoint_dir: str, weights_path: Path) -> di
         weight_decay=settings.weight_decay, teacher=fp32_model if settings.distill_weight > 0 else None,
         distill_weight=settings.distill_weight, distill_temperature=settings.distill_temperature,
     )
-    logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=mlflow.active_run().info.run_id)
     # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is rewritten with it every epoch
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1)
     resume = cfg.finetune.get("resume_from")
-    fit(module, datamodule, epochs=cfg.finetune.epochs, logger=logger, default_root_dir=checkpoint_dir,
+    fit(module, datamodule, epochs=cfg.finetune.epochs, log=log, default_root_dir=checkpoint_dir,
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     save_weights(model, weights_path, metadata={"model": cfg.model.name})

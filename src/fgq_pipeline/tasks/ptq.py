@@ -8,15 +8,7 @@ import dataclasses
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from .. import tracking
-from ..experiment import (
-    build_datamodule,
-    build_model,
-    calibration_batches,
-    ptq_grid,
-    quant_config,
-    seed_everything,
-)
+from ..builders import build_datamodule, build_model, calibration_batches
 from ..quant import (
     QuantConfig,
     calibrate_activations,
@@ -24,7 +16,10 @@ from ..quant import (
     repair_weights,
     reset_activation_quantizers,
 )
+from ..seeding import seed_everything
+from ..tracking import RunLog
 from ..train import evaluate
+from .ptq_grid import ptq_grid, quant_config
 from .records import result_record, run_name
 
 ACTIVATION_FIELDS = ("act_bits", "act_calibration", "act_percentile", "power_of_two_scale")
@@ -68,22 +63,26 @@ def _fp32(cfg: DictConfig):
     return datamodule, model, fp32["top1"]
 
 
-def run_ptq(cfg: DictConfig) -> dict:
-    """The ``cfg.quant`` configuration: one record, logged to the active MLflow run."""
+def run_ptq(cfg: DictConfig, log: RunLog) -> dict:
+    """The ``cfg.quant`` configuration: one record (the caller logs it)."""
     datamodule, model, fp32_top1 = _fp32(cfg)
-    record = PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
-    tracking.log_metrics(record)
-    return record
+    return PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
 
 
-def run_ptq_grid(cfg: DictConfig) -> list[dict]:
-    """Every config of ``cfg.ptq`` (and ``cfg.quant``), each a child run of the active MLflow run."""
+def run_ptq_grid(cfg: DictConfig, log: RunLog) -> list[dict]:
+    """Every config of ``cfg.ptq`` (and ``cfg.quant``), each logged as a child run of ``log``."""
     datamodule, model, fp32_top1 = _fp32(cfg)
     quantizer = PostTrainingQuantizer(cfg, model, datamodule)
     records = []
     for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config", mininterval=2.0):
-        with tracking.tracked_run(cfg.mlflow.experiment, "ptq", quant.to_dict(), run_name(quant)):
+        with log.child_run("ptq", quant.to_dict(), run_name(quant)) as child:
             record = quantizer.evaluate(quant, fp32_top1)
-            tracking.log_metrics(record)
+            child.log_metrics(record)
         records.append(record)
     return records
+
+
+def headline_record(cfg: DictConfig, records: list[dict]) -> dict:
+    """The grid's record of ``cfg.quant``, the configuration the stage's metrics report."""
+    headline = quant_config(cfg).to_dict()
+    return next(r for r in records if all(r[k] == v for k, v in headline.items()))

@@ -26,5 +26,6 @@ def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metric
 
 
 def run_name(quant: QuantConfig) -> str:
+    """A short name for a configuration, e.g. ``N=4 A8 exact/gptq bn+bc``."""
     repairs = "+".join(name for name, on in (("bn", quant.bn_reestimate), ("bc", quant.bias_correction)) if on)
-    return f"N={quant.group_size} A{quant.act_bits} {quant.solver}" + (f" {repairs}" if repairs else "")
+    return f"N={quant.group_size} A{quant.act_bits} {quant.solver}/{quant.rounding}" + (f" {repairs}" if repairs else "")

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import MLFlowLogger
+
+if TYPE_CHECKING:
+    from ..tracking import RunLog
 
 LOG_EVERY_N_STEPS = 10
 
@@ -19,19 +24,22 @@ def fit(
     module: pl.LightningModule,
     datamodule: pl.LightningDataModule,
     epochs: int,
-    logger=None,
+    log: RunLog | None = None,
     default_root_dir: str | Path | None = None,
     ckpt_path: str | Path | None = None,
     enable_progress_bar: bool = True,
     callbacks: list[pl.Callback] | None = None,
     trainer_options: Mapping | None = None,
 ) -> pl.Trainer:
-    """Train deterministically; checkpoints are only written when there is a directory for them."""
+    """Train deterministically; checkpoints are only written when there is a directory for them.
+
+    Training curves go to ``log``'s MLflow run when one is given.
+    """
     hardware = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", **(trainer_options or {})}
     trainer = pl.Trainer(
         max_epochs=epochs,
         **hardware,
-        logger=logger if logger is not None else False,
+        logger=MLFlowLogger(tracking_uri=log.tracking_uri, run_id=log.run_id) if log else False,
         enable_checkpointing=bool(default_root_dir),
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,

@@ -1,0 +1,59 @@
+"""Objects an experiment is made of, built from its config: the data module and the FP32 model.
+
+DVC stages and the Hydra apps both go through these, so one config means one experiment
+whichever way it is run. Relative paths in the config are relative to the project root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .models import load_weights
+from .project import resolve_path
+
+CONFIG_ONLY_KEYS = ("name", "checkpoint")  # describe the object in a config group, not constructor arguments
+
+
+def _instantiate(group: DictConfig, **replace):
+    fields = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in CONFIG_ONLY_KEYS}
+    return instantiate({**fields, **replace})
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    datamodule = _instantiate(cfg.data, root=str(resolve_path(cfg.data.root)))
+    datamodule.setup()
+    return datamodule
+
+
+def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Module:
+    """The FP32 model from ``cfg.model``, with its weights loaded unless told otherwise.
+
+    A torchvision model with ``model.weights`` and no ``model.checkpoint`` comes pretrained.
+    """
+    model = _instantiate(cfg.model)
+    pretrained_by_torchvision = cfg.model.get("weights") and not cfg.model.get("checkpoint")
+    if load_checkpoint and not pretrained_by_torchvision:
+        load_weights(model, fp32_weights_path(cfg))
+    return model.eval()
+
+
+def fp32_weights_path(cfg: DictConfig) -> Path:
+    """``model.checkpoint`` if given, else the weights the baseline stage trained."""
+    path = resolve_path(cfg.model.get("checkpoint") or cfg.paths.fp32_weights)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"FP32 weights {path} do not exist: run `dvc repro baseline` (or `fgq-train`) to train them, "
+            "or set model.checkpoint=PATH"
+        )
+    return path
+
+
+def calibration_batches(datamodule, cfg: DictConfig):
+    return datamodule.calibration_dataloader(
+        num_images=cfg.calibration.num_images, augment=cfg.calibration.augment, seed=cfg.seed
+    )

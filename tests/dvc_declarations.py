@@ -1,0 +1,123 @@
+"""What each DVC stage really uses, set against what ``dvc.yaml`` declares for it.
+
+Params: the config keys the stage's task read, as the runner records them under ``FGQ_TRACE_DIR``.
+Code: the package modules the stage script imports, followed transitively (function-level imports
+too, type-checking-only imports not), plus the modules named by the ``_target_`` keys it read. The
+runner layer is left out: every stage goes through it and it computes nothing a stage writes.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "fgq_pipeline"
+SOURCE = REPO / "src"
+RUNNER_LAYER = {f"{PACKAGE}.{name}" for name in ("runner", "params", "validation", "dvc_stages", "config_reads", "tracking")}
+UNTRACKED_PARAM_GROUPS = ("paths.", "mlflow.")  # paths are the stages' deps and outs; mlflow is where runs are logged
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a package module, or None for anything outside the package."""
+    if module != PACKAGE and not module.startswith(f"{PACKAGE}."):
+        return None
+    base = SOURCE.joinpath(*module.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SOURCE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path, own_module: str) -> set[str]:
+    """Modules ``path`` imports (as absolute names; ``from m import x`` yields m and m.x)."""
+    package = own_module if path.name == "__init__.py" else own_module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking_block(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def _with_parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def imported_files(script: Path, extra_modules: Iterable[str] = ()) -> set[Path]:
+    """Package files that running ``script`` imports, and those of ``extra_modules``."""
+    seen: set[str] = set()
+    pending = [m for name in (*_imports(script, "__main__"), *extra_modules) for m in _with_parents(name)]
+    files: set[Path] = set()
+    while pending:
+        module = pending.pop()
+        if module in seen or module in RUNNER_LAYER:
+            continue
+        seen.add(module)
+        path = module_file(module)
+        if path is None:
+            continue
+        files.add(path)
+        pending.extend(m for name in _imports(path, module) for m in _with_parents(name))
+    return files
+
+
+def target_modules(params: dict, keys: Iterable[str]) -> set[str]:
+    """Modules named by the ``_target_`` values among ``keys`` (Hydra instantiates them by name)."""
+    modules = set()
+    for key in keys:
+        if key.endswith("._target_"):
+            value = params
+            for part in key.split("."):
+                value = value[part]
+            modules.add(value.rpartition(".")[0])
+    return modules
+
+
+def _covered(item: str, declared: Iterable[str], separator: str) -> bool:
+    return any(item == d or item.startswith(d.rstrip(separator) + separator) for d in declared)
+
+
+def undeclared_params(read: Iterable[str], declared: Iterable[str]) -> list[str]:
+    declared = list(declared)
+    return sorted(k for k in read if not k.startswith(UNTRACKED_PARAM_GROUPS) and not _covered(k, declared, "."))
+
+
+def unread_params(read: Iterable[str], declared: Iterable[str]) -> list[str]:
+    read = list(read)
+    return sorted(d for d in declared if not any(_covered(k, [d], ".") for k in read))
+
+
+def undeclared_code(files: Iterable[Path], deps: Iterable[str]) -> list[str]:
+    deps = list(deps)
+    return sorted(str(f.relative_to(REPO)) for f in files if not _covered(str(f.relative_to(REPO)), deps, "/"))
+
+
+def unused_code_deps(files: Iterable[Path], deps: Iterable[str]) -> list[str]:
+    """Declared ``src/`` deps that hold no file the stage imports."""
+    names = [str(f.relative_to(REPO)) for f in files]
+    return sorted(d for d in deps if d.startswith("src/") and not any(_covered(n, [d], "/") for n in names))
