@@ -23,7 +23,8 @@ from .atomic import write_text_atomically
 from .quant import QuantConfig, count_ops, paper_speedup, quantize_model
 from .quant.opcount import FLOAT_BITS, TERNARY_BITS
 from .quant.ternary import GroupSize
-from .report import CSV_FLOAT_FORMAT, EFFECTIVE_GROUP_NOTE, MISSING_CELL
+from .render import CSV_FLOAT_FORMAT, MISSING_CELL, markdown_table
+from .report import EFFECTIVE_GROUP_NOTE
 
 DEFAULT_ARCHS = ("alexnet", "resnet50", "resnet101")
 DEFAULT_GROUP_SIZES: tuple[GroupSize, ...] = (1, 2, 4, 8, 16, 32, 64, "filter", "layer")
@@ -171,15 +172,14 @@ def _speedup_cell(value: float | None) -> str:
     return f"{float(value):.2f}"
 
 
-def _table_row(row: dict, widths: list[int]) -> str:
-    cells = [
+def _table_cells(row: dict, widths: list[int]) -> list[str]:
+    return [
         _group_label(row["group_size"]),
         f"{100.0 * float(row['mult_eliminated']):.2f}",
         *(f"{float(row[_scale_column(bits)]):.2f}" for bits in widths),
         _speedup_cell(row["potential_speedup"]),
         _speedup_cell(row["paper_speedup"]),
     ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def _block_markdown(arch: str, policy: str, rows: list[dict]) -> str:
@@ -194,9 +194,7 @@ def _block_markdown(arch: str, policy: str, rows: list[dict]) -> str:
     lines = [
         f"### {arch}, policy `{policy}`: {_block_macs(arch, policy, rows) / GIGA:.2f} GMACs per image",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
-        *(_table_row(row, widths) for row in rows),
+        markdown_table(header, [_table_cells(row, widths) for row in rows], text_columns=header[:1]),
     ]
     return "\n".join(lines)
 

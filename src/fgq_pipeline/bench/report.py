@@ -7,16 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from fgq_pipeline.atomic import atomic_path, write_text_atomically
+from fgq_pipeline.render import markdown_table, new_figure, save_png
 
 from .run import Machine
 from .workloads import DEFAULT_SCALES, FP32, INT8, NUMBA
 
 CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "scales"]
 PNG_DPI = 110
+TARGET_HEADER = ["target", "N", "scales", "threads", "required", "measured (worst case)", "met"]
+CELL_HEADER = ["workload", "shape", "batch", "N", "scales", "Numba ternary ms", "torch fp32 ms", "torch int8 ms",
+               "vs fp32", "vs int8", "potential"]
 
 
 @dataclass(frozen=True)
@@ -104,24 +106,26 @@ def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine) -
         "",
         "## Targets",
         "",
-        "| target | N | scales | threads | required | measured (worst case) | met |",
-        "|---|---:|---|---:|---:|---|---|",
+        markdown_table(TARGET_HEADER, [_target_cells(result) for result in targets],
+                       text_columns=("target", "scales", "measured (worst case)", "met"), left="---"),
     ]
-    for result in targets:
-        lines.append(f"| {result['target']} | {result['group_size']} | {result['scales']} | {result['threads']} | "
-                     f">= {result['required']:.1f}x | {result['measured']:.2f}x ({result['worst_case']}) | "
-                     f"{'yes' if result['met'] else 'no'} |")
     for threads, rows in cells.groupby("threads"):
         lines += ["", f"## {threads} thread{'s' if threads > 1 else ''}", "",
-                  ("| workload | shape | batch | N | scales | Numba ternary ms | torch fp32 ms | torch int8 ms | "
-                   "vs fp32 | vs int8 | potential |"),
-                  "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-        for _, row in rows.iterrows():
-            lines.append(f"| {row['workload']} | {row['shape']} | {row['batch']} | {row['group_size']} | "
-                         f"{row['scales']} | {_ms(row, NUMBA)} | {_ms(row, FP32)} | {_ms(row, INT8)} | "
-                         f"{_ratio(row['speedup_vs_fp32'])} | {_ratio(row['speedup_vs_int8'])} | "
-                         f"{row['potential_speedup']:.1f}x |")
+                  markdown_table(CELL_HEADER, [_timing_cells(row) for _, row in rows.iterrows()],
+                                 text_columns=("workload", "shape", "scales"), left="---")]
     return "\n".join(lines) + "\n"
+
+
+def _target_cells(result: dict) -> list[str]:
+    return [result["target"], str(result["group_size"]), result["scales"], str(result["threads"]),
+            f">= {result['required']:.1f}x", f"{result['measured']:.2f}x ({result['worst_case']})",
+            "yes" if result["met"] else "no"]
+
+
+def _timing_cells(row: pd.Series) -> list[str]:
+    return [str(row["workload"]), str(row["shape"]), str(row["batch"]), str(row["group_size"]), str(row["scales"]),
+            _ms(row, NUMBA), _ms(row, FP32), _ms(row, INT8), _ratio(row["speedup_vs_fp32"]),
+            _ratio(row["speedup_vs_int8"]), f"{row['potential_speedup']:.1f}x"]
 
 
 def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
@@ -129,8 +133,7 @@ def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
     rows = cells[cells["threads"] == threads].reset_index(drop=True)
     labels = [f"{r.workload}\nb{r.batch} N={r.group_size}" + ("" if r.scales == DEFAULT_SCALES else f" {r.scales}")
               for r in rows.itertuples()]
-    figure = Figure(figsize=(max(8.0, 0.45 * len(rows)), 5.0))
-    FigureCanvasAgg(figure)
+    figure = new_figure(figsize=(max(8.0, 0.45 * len(rows)), 5.0))
     axes = figure.add_subplot()
     positions = range(len(rows))
     axes.bar([p - 0.2 for p in positions], rows["speedup_vs_fp32"], width=0.4, label="measured vs torch fp32")
@@ -143,9 +146,7 @@ def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
     axes.set_title(f"Numba ternary path vs torch fp32, {threads} thread{'s' if threads > 1 else ''}")
     axes.legend()
     figure.tight_layout()
-    with atomic_path(path) as temp:
-        figure.savefig(temp, format="png", dpi=PNG_DPI, metadata={"Software": None})
-    return path
+    return save_png(figure, path, PNG_DPI)
 
 
 def write_bench_report(rows: list[dict], machine: Machine, out_dir: str | Path) -> tuple[dict, dict[str, Path]]:
