@@ -1,4 +1,5 @@
-"""Fixtures shared by the end-to-end tests: the CLI, a trained digits model, a parallel sweep."""
+"""Helpers and fixtures shared by the tests: the CLI, the MLflow store, a trained digits model, a
+parallel sweep, and the pipeline reproduced once on a data subset."""
 
 import os
 import shutil
@@ -9,6 +10,13 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from fgq_pipeline.config_reads import TRACE_DIR_ENV
+from fgq_pipeline.params import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ("conf", "src", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore")
 
 
 def cli(name: str) -> list[str]:
@@ -57,3 +65,23 @@ def parallel_sweep(trained_digits):
     sweep = tmp_path / "parallel"
     result = run_parallel_sweep(sweep, "32,8,4", env, common)
     return tmp_path, sweep, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory):
+    """A copy of the pipeline with the `debug=smoke` params, reproduced once with `dvc repro`; each
+    stage's config reads are recorded in ``trace/<stage>.json``."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PIPELINE_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, target)
+    (root / "params.yaml").write_text(OmegaConf.to_yaml(compose_config(["debug=smoke"])))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}", TRACE_DIR_ENV: str(root / "trace")}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, env

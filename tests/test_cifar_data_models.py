@@ -14,9 +14,9 @@ from PIL import Image
 from torchvision import transforms
 
 import fgq_pipeline.data.cifar10 as cifar10_module
+from fgq_pipeline.builders import build_datamodule, build_model
 from fgq_pipeline.data import Cifar10DataModule, ImageFolderDataModule
 from fgq_pipeline.data.npz import save_npz_split
-from fgq_pipeline.experiment import build_datamodule, build_model
 from fgq_pipeline.models import CifarResNet, load_weights, torchvision_model
 from fgq_pipeline.train import evaluate
 

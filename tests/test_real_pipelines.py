@@ -10,7 +10,7 @@ from PIL import Image
 from fgq_pipeline import tracking
 from fgq_pipeline.models import save_weights, torchvision_model
 from fgq_pipeline.params import compose_config
-from fgq_pipeline.tasks import run_ptq
+from fgq_pipeline.tasks.ptq import run_ptq
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 needs_shared = pytest.mark.skipif(
@@ -22,8 +22,8 @@ needs_shared = pytest.mark.skipif(
 def ptq_in_run(tmp_path, monkeypatch, overrides: list[str]) -> dict:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
     cfg = compose_config(overrides)
-    with tracking.tracked_run(cfg.mlflow.experiment, "fgq-ptq", cfg):
-        return run_ptq(cfg)
+    with tracking.tracked_run(cfg.mlflow.experiment, "fgq-ptq", {}) as log:
+        return run_ptq(cfg, log)
 
 
 @needs_shared

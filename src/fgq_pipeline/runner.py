@@ -1,7 +1,8 @@
-"""The one way a job runs, for every DVC stage and every Hydra app: open the tracked MLflow run with
-the parameters ``dvc.yaml`` declares for the stage, validate the config, run the task with that run
-to log to, log its metrics and write them as JSON atomically. A failure marks the run FAILED and
-writes nothing; a user error ends with one line and exit status 2."""
+"""The one way a job runs, for every DVC stage and every Hydra app: validate the config, open the
+tracked MLflow run with the parameters ``dvc.yaml`` declares for the stage, run the task with that
+run to log to, log its metrics and write them as JSON atomically. A config that fails validation
+opens no run; a failure during the run marks it FAILED and writes no metrics; a user error ends
+with one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -25,15 +26,17 @@ def run_job(
     stage: str,
     task: Task,
     metrics_path: str | Path | None = None,
-    run_name: str | None = None,
+    run_name: Callable[[DictConfig], str] | None = None,
     parent_run_id: str | None = None,
     params_of: str | None = None,
 ) -> dict:
-    """Run ``task`` as one MLflow run tagged ``stage``, recording the params that DVC stage
-    ``params_of`` (default: ``stage``) declares; its metrics go to ``metrics_path`` if given."""
+    """Run ``task`` as one MLflow run tagged ``stage`` (named ``run_name(cfg)``, else ``stage``),
+    recording the params that DVC stage ``params_of`` (default: ``stage``) declares; its metrics
+    go to ``metrics_path`` if given."""
+    validate_config(cfg)
     params = stage_params(cfg, params_of or stage)
-    with tracking.tracked_run(cfg.mlflow.experiment, stage, params, run_name, parent_run_id) as log:
-        validate_config(cfg)
+    name = run_name(cfg) if run_name else stage
+    with tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
         with recording_config_reads(cfg, stage):
             metrics = task(cfg, log)
         log.log_metrics(metrics)

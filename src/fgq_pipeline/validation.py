@@ -25,7 +25,11 @@ T = TypeVar("T")
 def validate_config(cfg: DictConfig) -> None:
     """Every quantization setting the run can reach, the calibration and fine-tune settings, and
     that every output location can be written."""
-    from .tasks.ptq_grid import finetune_quant_config, ptq_grid, quant_config  # the method's checks, with torch
+    from .tasks.ptq_grid import (  # the method's checks, with torch
+        finetune_quant_config,
+        ptq_grid,
+        quant_config,
+    )
 
     quant_config(cfg)
     if "ptq" in cfg:

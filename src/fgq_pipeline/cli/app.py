@@ -24,7 +24,8 @@ def job_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def hydra_app(program: str, stage: str, task: Task, run_name: Callable[[DictConfig], str]) -> Callable[[], None]:
+def hydra_app(program: str, stage: str, task: Task,
+              run_name: Callable[[DictConfig], str] | None = None) -> Callable[[], None]:
     """A console-script entry point running ``task`` under Hydra, recording the params of DVC stage ``stage``."""
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -34,7 +35,7 @@ def hydra_app(program: str, stage: str, task: Task, run_name: Callable[[DictConf
         parent = None
         if hydra_cfg.mode == RunMode.MULTIRUN:
             parent = tracking.sweep_parent_run_id(Path(hydra_cfg.sweep.dir))
-        metrics = run_job(cfg, program, task, metrics_path=job_dir() / METRICS_FILE, run_name=run_name(cfg),
+        metrics = run_job(cfg, program, task, metrics_path=job_dir() / METRICS_FILE, run_name=run_name,
                           parent_run_id=parent, params_of=stage)
         return metrics.get("top1")  # the value a Hydra sweeper optimises
 

@@ -7,7 +7,13 @@ from collections.abc import Callable
 import pandas as pd
 
 from ..render import MISSING_CELL, markdown_table
-from .frame import BLOCK_KEYS, FLOAT_ACTIVATION_BITS, MODEL_KEYS, VARIANT_KEYS, group_rank
+from .frame import (
+    BLOCK_KEYS,
+    FLOAT_ACTIVATION_BITS,
+    MODEL_KEYS,
+    VARIANT_KEYS,
+    group_rank,
+)
 from .labels import (
     act_bits_descending,
     act_bits_label,

@@ -1,4 +1,4 @@
-"""What each DVC stage really uses, set against what ``dvc.yaml`` declares for it.
+"""dvc.yaml declares exactly what each stage uses, so `dvc status` cannot miss a change.
 
 Params: the config keys the stage's task read, as the runner records them under ``FGQ_TRACE_DIR``.
 Code: the package modules the stage script imports, followed transitively (function-level imports
@@ -9,10 +9,17 @@ runner layer is left out: every stage goes through it and it computes nothing a 
 from __future__ import annotations
 
 import ast
+import copy
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+import yaml
+from conftest import REPO
+
+from fgq_pipeline.dvc_stages import declared_params
+
 PACKAGE = "fgq_pipeline"
 SOURCE = REPO / "src"
 RUNNER_LAYER = {f"{PACKAGE}.{name}" for name in ("runner", "params", "validation", "dvc_stages", "config_reads", "tracking")}
@@ -121,3 +128,46 @@ def unused_code_deps(files: Iterable[Path], deps: Iterable[str]) -> list[str]:
     """Declared ``src/`` deps that hold no file the stage imports."""
     names = [str(f.relative_to(REPO)) for f in files]
     return sorted(d for d in deps if d.startswith("src/") and not any(_covered(n, [d], "/") for n in names))
+
+
+def mismatches(stages: dict, trace_dir: Path, params: dict) -> list[str]:
+    """Every disagreement between ``stages`` (dvc.yaml's) and what the stages read and import."""
+    problems = []
+    for name, stage in stages.items():
+        reads = json.loads((trace_dir / f"{name}.json").read_text())
+        declared, deps = declared_params(stage), stage.get("deps", [])
+        script = REPO / "stages" / f"{name}.py"
+        files = {script, *imported_files(script, target_modules(params, reads))}
+        problems += [f"{name} reads param {k}, undeclared" for k in undeclared_params(reads, declared)]
+        problems += [f"{name} declares param {k}, never read" for k in unread_params(reads, declared)]
+        problems += [f"{name} imports {f}, undeclared" for f in undeclared_code(files, deps)]
+        problems += [f"{name} depends on {d}, imports nothing from it" for d in unused_code_deps(files, deps)]
+    return problems
+
+
+def dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_dvc_yaml_declares_exactly_the_params_and_code_each_stage_uses(smoke_project):
+    root, _ = smoke_project
+    assert mismatches(dvc_yaml(), root / "trace", yaml.safe_load((root / "params.yaml").read_text())) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "kind", "entry"), [
+    ("ptq", "params", "seed"),
+    ("evaluate", "params", "quant.group_size"),
+    ("finetune", "params", "baseline.budget_images"),
+    ("baseline", "params", "data"),
+    ("evaluate", "deps", "src/fgq_pipeline/quant"),
+    ("ptq", "deps", "src/fgq_pipeline/tasks/ptq_grid.py"),
+    ("bench", "deps", "src/fgq_pipeline/kernels"),
+])
+def test_a_dvc_yaml_without_a_param_or_code_dep_fails_the_check(smoke_project, stage, kind, entry):
+    root, _ = smoke_project
+    stages = copy.deepcopy(dvc_yaml())
+    stages[stage][kind].remove(entry)
+    problems = mismatches(stages, root / "trace", yaml.safe_load((root / "params.yaml").read_text()))
+    assert problems and all(p.startswith(f"{stage} ") and "undeclared" in p for p in problems), problems
