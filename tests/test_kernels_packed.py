@@ -2,6 +2,8 @@
 
 import json
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +182,9 @@ def test_integer_net_rejects_a_graph_it_cannot_run(tmp_path, graph, message):
     path = save_packed(tmp_path / "model.safetensors", [ternary_layer()[0]], graph=graph)
     with pytest.raises(ValueError, match=f"model.safetensors: .*{message}"):
         IntegerNet.load(path)
+
+
+def test_the_integer_path_imports_without_torch():
+    check = "import sys, fgq_pipeline.kernels; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

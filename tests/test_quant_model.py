@@ -16,6 +16,7 @@ from fgq_pipeline.quant import (
     quantize_model,
     reestimate_batchnorm,
 )
+from fgq_pipeline.quant.modes import eval_mode
 
 
 def small_net(c_in: int = 4) -> nn.Sequential:
@@ -189,3 +190,15 @@ def test_gptq_on_a_conv_net_keeps_codes_within_groups():
     conv = model[3]
     codes = conv.ternary_weights()
     assert torch.allclose(codes.dequantize(), conv.weight, atol=1e-6)
+
+
+def test_eval_mode_restores_mixed_module_modes_even_when_the_body_raises():
+    model = small_net().train()
+    model[1].eval()  # a frozen BatchNorm in a training model
+    before = [m.training for m in model.modules()]
+    with eval_mode(model, train=[model[4]]):
+        assert [m.training for m in model.modules()] == [m is model[4] for m in model.modules()]
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("the pass failed")
+    assert [m.training for m in model.modules()] == before

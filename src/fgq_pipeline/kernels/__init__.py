@@ -1,11 +1,11 @@
 """The integer path: packed 2-bit ternary format, Numba kernels and whole-network integer inference.
 
 Runs on numpy, Numba and safetensors; only :func:`export_packed` touches torch (it reads the
-fake-quant model). Nothing here imports Lightning, MLflow, Hydra or DVC.
+fake-quant model), so it loads on first use (PEP 562) and importing this package does not load
+torch. Nothing here imports Lightning, MLflow, Hydra or DVC.
 """
 
 from .activations import ActivationFormat
-from .export import export_packed
 from .int8_gemm import int8_gemm
 from .integer_net import IntegerNet
 from .packed import PackedLayer, bits_per_weight, pack_int8_layer, pack_ternary_layer
@@ -16,3 +16,11 @@ __all__ = [
     "ActivationFormat", "IntegerNet", "PackedLayer", "PackedModel", "bits_per_weight", "export_packed", "int8_gemm",
     "load_packed", "pack_int8_layer", "pack_ternary_layer", "save_packed", "ternary_gemm", "ternary_gemv",
 ]
+
+
+def __getattr__(name: str):
+    if name == "export_packed":
+        from .export import export_packed
+
+        return export_packed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

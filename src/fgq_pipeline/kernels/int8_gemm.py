@@ -2,7 +2,7 @@
 integer activations, summed exactly in int32, then one fp32 scale per output filter.
 
 Overflow: |sum| <= L * 127 * 255, which fits int32 for L up to 66,311 weights per filter; the
-loader rejects larger layers (see :mod:`.validation`). Keeping these two layers integer too means
+loader rejects larger layers (see :mod:`.packed_checks`). Keeping these two layers integer too means
 the whole network runs on integer activations, as the fake-quant model describes it.
 """
 

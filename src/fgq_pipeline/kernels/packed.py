@@ -18,7 +18,7 @@ import numpy as np
 from .activations import ActivationFormat
 from .codes import pack_codes
 from .scales import SCALE_BITS, decode_scales, encode_scales
-from .validation import validate_layer
+from .packed_checks import validate_layer
 
 FP32_BITS = 32
 

@@ -6,7 +6,7 @@ int32; it is converted to float once and multiplied by the group scale; groups a
 
 Why int32 cannot overflow: |x| <= 255 (uint8) or 127 (int8), so |group sum| <= N * 255, which fits
 int32 for N up to 8,421,504; the loader rejects a layer whose bound exceeds int32 (see
-:mod:`.validation`). The conversion to fp32 is exact while N * 255 < 2^24, i.e. N <= 65,793, far
+:mod:`.packed_checks`). The conversion to fp32 is exact while N * 255 < 2^24, i.e. N <= 65,793, far
 beyond any channel count here.
 
 Layout: x [M, L] with L = positions * channels, (r, s, c) order; codes [K, ceil(L / 4)] packed as

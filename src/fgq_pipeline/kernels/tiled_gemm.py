@@ -52,7 +52,7 @@ from .simd import (
     store_affine,
 )
 from .ternary_gemm import FLOAT_FASTMATH
-from .validation import ACCUMULATOR_MAX
+from .packed_checks import ACCUMULATOR_MAX
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
 TILE = LANES  # outputs per tile

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import eval_mode
 from .modules import QuantConv2d
 from .surgery import quant_layers
 from .ternary import GroupSize, solve_groups
@@ -62,17 +63,15 @@ def _input_hessian(model: nn.Module, layer: nn.Module, batches: Iterable) -> tor
         raise _InputsCaptured
 
     handle = layer.register_forward_pre_hook(capture)
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            try:
-                model(batch[0] if isinstance(batch, (list, tuple)) else batch)
-            except _InputsCaptured:
-                pass
+        with eval_mode(model):
+            for batch in batches:
+                try:
+                    model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+                except _InputsCaptured:
+                    pass
     finally:
         handle.remove()
-        model.train(was_training)
     if count == 0:
         raise ValueError("the calibration set is empty: give it at least one batch of images")
     return hessian / count

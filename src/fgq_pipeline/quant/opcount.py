@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .modes import eval_mode
 from .modules import QUANT_LAYERS, WeightFormat, shapes_only
 from .ternary import effective_group_size, groups_per_filter
 
@@ -86,15 +87,12 @@ def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_bits: int = 
     outputs: dict[nn.Module, torch.Size] = {}
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     hooks = [m.register_forward_hook(lambda mod, _i, out: outputs.__setitem__(mod, out.shape)) for _, m in layers]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), shapes_only():
+        with torch.no_grad(), shapes_only(), eval_mode(model):
             model(torch.zeros(1, *input_shape))
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return NetworkOps([_layer_ops(name, m, outputs[m], scale_bits) for name, m in layers if m in outputs])
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from .activation import ActQuantizer
 from .config import QuantConfig
 from .gptq import gptq_ternarize
+from .modes import eval_mode
 from .modules import QuantConv2d
 from .surgery import quant_layers
 
@@ -60,18 +61,17 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> None:
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
-    was_training = model.training
-    model.eval()
     momenta = [bn.momentum for bn in norms]
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average
-        bn.train()
-    for x in _inputs(batches):
-        model(x)
-    for bn, momentum in zip(norms, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
+    try:
+        with eval_mode(model, train=norms):
+            for x in _inputs(batches):
+                model(x)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
 
 
 @torch.no_grad()
@@ -99,18 +99,16 @@ def correct_bias(model: nn.Module, batches: Iterable, float_weights: dict[nn.Mod
         sums[layer] = sums.get(layer, 0) + shift.sum(dim=dims)
         counts[layer] = counts.get(layer, 0) + n
 
-    was_training = model.training
-    model.eval()
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
-        for x in _inputs(batches):
-            model(x)
+        with eval_mode(model):
+            for x in _inputs(batches):
+                model(x)
     finally:
         for handle in handles:
             handle.remove()
     for layer in layers:
         layer.bias_correction += sums[layer] / counts[layer]
-    model.train(was_training)
 
 
 @torch.no_grad()
@@ -119,12 +117,10 @@ def calibrate_activations(model: nn.Module, batches: Iterable) -> None:
     quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer) and m.enabled]
     if not quantizers:
         return
-    was_training = model.training
-    model.eval()
-    for q in quantizers:
-        q.start_calibration()
-    for x in _inputs(batches):
-        model(x)
-    for q in quantizers:
-        q.finish_calibration()
-    model.train(was_training)
+    with eval_mode(model):
+        for q in quantizers:
+            q.start_calibration()
+        for x in _inputs(batches):
+            model(x)
+        for q in quantizers:
+            q.finish_calibration()

@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
+from ..quant.modes import eval_mode
+
 PROGRESS_BAR_MIN_BATCHES = 20
 
 
@@ -19,18 +21,13 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> dict[str
         num_classes=num_classes, top_k=min(5, num_classes), average="micro"
     ).to(device)
     num_images = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for images, labels in _batches(loader):
-                images, labels = images.to(device), labels.to(device)
-                logits = model(images)
-                top1.update(logits, labels)
-                top5.update(logits, labels)
-                num_images += len(labels)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for images, labels in _batches(loader):
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            top1.update(logits, labels)
+            top5.update(logits, labels)
+            num_images += len(labels)
     if num_images == 0:
         raise ValueError("evaluate got a loader that yielded no images; check the dataset split")
     return {
