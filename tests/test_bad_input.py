@@ -1,7 +1,9 @@
-"""Every row of the README's bad-input table, tried as a user would: the CLI with one bad value.
+"""Every row of the README's bad-input table, tried as a user would.
 
-Each must end with exit status 2, one message naming the bad value (no traceback), no metrics
-file, and any MLflow run it opened marked FAILED.
+Rows that only the data or the model can reveal run through the CLI: each must end with exit
+status 2, one message naming the bad value (no traceback), no metrics file, and any MLflow run it
+opened marked FAILED. Rows that config validation catches are checked in process against the same
+validation the runner does first, and one of them through the CLI too.
 """
 
 import os
@@ -15,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fgq_pipeline.models import CifarResNet, DigitsCNN, save_weights, torchvision_model
-
-pytestmark = pytest.mark.slow
+from fgq_pipeline.params import compose_config
+from fgq_pipeline.validation import validate_config
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +48,18 @@ def files(tmp_path_factory):
 
 
 RESNET8 = ["model=cifar_resnet", "model.depth=8"]
-ROWS = {
+CONFIG_ROWS = {
     "group_size 0": (["quant.group_size=0"], "got 0"),
     "group_size negative": (["quant.group_size=-4"], "got -4"),
     "group_size not an integer": (["quant.group_size=2.5"], "got 2.5"),
     "act_bits outside 2..8, 32": (["quant.act_bits=12"], "act_bits must be an integer in 2..8, or 32 for float activations, got 12"),
     "unknown solver": (["quant.solver=magic"], "'magic'"),
     "unknown policy": (["quant.policy=everything"], "'everything'"),
+    "empty calibration set": (["calibration.num_images=0"], "calibration.num_images must be a positive integer, got 0"),
+    "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
+}
+CLI_ROWS = {
+    "group_size 0": CONFIG_ROWS["group_size 0"],
     "missing data directory": (["data=cifar10", "data.root={files}/missing"], "missing (no such directory)"),
     "empty data directory": (["data=cifar10", "data.root={files}/empty"], "'test.npz'] are not in"),
     "corrupt npz": (["data=cifar10", "data.root={files}/corrupt_npz"], "not a readable npz archive"),
@@ -65,8 +72,6 @@ ROWS = {
     "checkpoint with another class count": (RESNET8 + ["model.num_classes=100", "model.checkpoint={files}/resnet8.safetensors"],
                                             "linear.weight: checkpoint (10, 64) vs model (100, 64)"),
     "NaN weights": (["model.checkpoint={files}/nan.safetensors"], "NaN or Inf values in tensors ['classifier.weight']"),
-    "empty calibration set": (["calibration.num_images=0"], "calibration.num_images must be a positive integer, got 0"),
-    "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
 }
 
 
@@ -74,9 +79,19 @@ def fgq_ptq() -> list[str]:
     return [sys.executable, "-m", "fgq_pipeline.cli.ptq"]
 
 
-@pytest.mark.parametrize("row", list(ROWS))
+@pytest.mark.parametrize("row", list(CONFIG_ROWS))
+def test_bad_config_is_refused_by_validation_naming_the_value(row, files):
+    overrides, expected = CONFIG_ROWS[row]
+    cfg = compose_config(["debug=smoke", *(o.format(files=files) for o in overrides)])
+    with pytest.raises((ValueError, NotADirectoryError)) as error:
+        validate_config(cfg)
+    assert expected in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", list(CLI_ROWS))
 def test_bad_input_ends_with_one_clear_message_and_nothing_written(row, files, tmp_path):
-    overrides, expected = ROWS[row]
+    overrides, expected = CLI_ROWS[row]
     overrides = [o.format(files=files) for o in overrides]
     store = tmp_path / "store.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}

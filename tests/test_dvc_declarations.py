@@ -2,7 +2,8 @@
 
 Params: the config keys the stage's task read, as the runner records them under ``FGQ_TRACE_DIR``.
 Code: the package modules the stage script imports, followed transitively (function-level imports
-too, type-checking-only imports not), plus the modules named by the ``_target_`` keys it read. The
+too; type-checking-only and lazy ``__getattr__`` imports not), plus the modules named by the
+``_target_`` keys it read. The
 runner layer is left out: every stage goes through it and it computes nothing a stage writes.
 """
 
@@ -42,7 +43,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
+def _is_not_run_on_import(node: ast.AST) -> bool:
+    """Type-checking-only imports, and a module's lazy ``__getattr__`` (PEP 562), which imports on first use."""
+    if isinstance(node, ast.FunctionDef):
+        return node.name == "__getattr__"
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
@@ -52,7 +56,7 @@ def _imports(path: Path, own_module: str) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if _is_type_checking_block(node):
+        if _is_not_run_on_import(node):
             return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
