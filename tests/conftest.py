@@ -85,3 +85,110 @@ def smoke_project(tmp_path_factory):
     result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, env
+
+
+# --------------------------------------------------------------------------------------------------
+# Result records for the report tests
+# --------------------------------------------------------------------------------------------------
+
+GROUP_SIZES = [1, 4, 64, "filter"]
+FULL_GRID_GROUP_SIZES = [1, 2, 4, 8, 16, 32, 64, "filter", "layer"]
+ACT_BITS = [32, 8, 4]
+MULT_ELIMINATED = {
+    1: 0.0, 2: 0.5, 4: 0.75, 8: 0.875, 16: 0.9375, 32: 0.96875, 64: 0.984375,
+    "filter": 0.99, "layer": 0.995,
+}
+BITS_PER_WEIGHT = {
+    1: 9.0, 2: 5.0, 4: 3.5, 8: 2.75, 16: 2.4, 32: 2.2, 64: 2.125, "filter": 2.01, "layer": 2.0,
+}
+FP32_TOP1 = 0.9833
+DEFAULT_VARIANT = {
+    "solver": "exact",
+    "rounding": "nearest",
+    "act_calibration": "max",
+    "policy": "first_last_8bit",
+    "bn_reestimate": True,
+    "bias_correction": False,
+}
+REPAIRS = {"bn_reestimate": True, "bias_correction": True}
+# Full-grid variants of the realistic set, with how far each sits below variant D in top-1.
+FULL_GRID_VARIANTS = {
+    "A": ({"bn_reestimate": False, "bias_correction": False}, 0.030),
+    "B": (REPAIRS, 0.010),
+    "C": ({"solver": "twn", **REPAIRS}, 0.020),
+    "D": ({"rounding": "gptq", "act_calibration": "mse", **REPAIRS}, 0.0),
+}
+# Variants run only at N=4 with 8- and 4-bit activations.
+ABLATION_VARIANTS = {
+    "E": ({"rounding": "gptq", **REPAIRS}, 0.005),
+    "F": ({"act_calibration": "mse", **REPAIRS}, 0.007),
+    "G": ({"rounding": "gptq", "act_calibration": "mse", "bn_reestimate": True}, 0.004),
+    "H": (
+        {"rounding": "gptq", "act_calibration": "mse", "policy": "ternarize_all", **REPAIRS},
+        0.015,
+    ),
+}
+
+
+def make_record(group_size, act_bits, **overrides) -> dict:
+    """A plausible record: accuracy drops as groups grow and activations get narrower."""
+    group_index = FULL_GRID_GROUP_SIZES.index(group_size)
+    fp32_top1 = overrides.get("fp32_top1", FP32_TOP1)
+    top1 = fp32_top1 - 0.004 * group_index - (0.0 if act_bits == 32 else 0.01 * (8 / act_bits))
+    record = {
+        "model": "digits_cnn",
+        "dataset": "digits",
+        "group_size": group_size,
+        "act_bits": act_bits,
+        **DEFAULT_VARIANT,
+        "finetuned": False,
+        "top1": top1,
+        "top5": 0.999,
+        "fp32_top1": fp32_top1,
+        "mult_eliminated": MULT_ELIMINATED[group_size],
+        "bits_per_weight": BITS_PER_WEIGHT[group_size],
+        "potential_speedup": 1.0 + 15.0 * MULT_ELIMINATED[group_size],
+    }
+    record.update(overrides)
+    return record
+
+
+def variant_records(name: str, group_sizes, act_bits, **overrides) -> list[dict]:
+    """The records of one named variant, ``drop`` below the best variant at every cell."""
+    variant, drop = {**FULL_GRID_VARIANTS, **ABLATION_VARIANTS}[name]
+    records = []
+    for size in group_sizes:
+        for bits in act_bits:
+            record = make_record(size, bits, **{**variant, **overrides})
+            record["top1"] -= drop
+            records.append(record)
+    return records
+
+
+def realistic_records(**overrides) -> list[dict]:
+    """One model's grid as the PTQ stage now writes it: four full-grid variants, N=4 ablations
+    and one fine-tuned row."""
+    records = []
+    for name in FULL_GRID_VARIANTS:
+        records += variant_records(name, FULL_GRID_GROUP_SIZES, ACT_BITS, **overrides)
+    for name in ABLATION_VARIANTS:
+        records += variant_records(name, [4], [8, 4], **overrides)
+    fp32_top1 = overrides.get("fp32_top1", FP32_TOP1)
+    finetuned = make_record(64, 8, **REPAIRS, **overrides)
+    finetuned.update(finetuned=True, top1=fp32_top1 - 0.012, extra_training_fraction=1 / 30)
+    return [*records, finetuned]
+
+
+def two_model_records() -> list[dict]:
+    return [
+        *realistic_records(model="cifar_resnet20", dataset="cifar10", fp32_top1=0.917),
+        *realistic_records(model="cifar_resnet32", dataset="cifar10", fp32_top1=0.927),
+    ]
+
+
+@pytest.fixture
+def records() -> list[dict]:
+    """The PTQ grid in a scrambled order plus one fine-tuned row with an extra key."""
+    grid = [make_record(size, bits) for bits in (4, 32, 8) for size in reversed(GROUP_SIZES)]
+    finetuned = make_record(4, 8, finetuned=True, top1=0.9801, extra_training_fraction=0.1)
+    return [finetuned, *grid]
