@@ -16,6 +16,9 @@ from fgq_pipeline.config_reads import TRACE_DIR_ENV
 from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests sharing an expensive session fixture run on one xdist worker, so it is built once.
+ON_SMOKE_PROJECT = pytest.mark.xdist_group("smoke_project")
+ON_TRAINED_DIGITS = pytest.mark.xdist_group("trained_digits")
 PIPELINE_FILES = ("conf", "src", "stages", "dvc.yaml", ".dvc/config", ".dvc/.gitignore")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import ON_SMOKE_PROJECT, REPO
 
 from fgq_pipeline.dvc_stages import declared_params
 
@@ -154,12 +154,14 @@ def dvc_yaml() -> dict:
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 def test_dvc_yaml_declares_exactly_the_params_and_code_each_stage_uses(smoke_project):
     root, _ = smoke_project
     assert mismatches(dvc_yaml(), root / "trace", yaml.safe_load((root / "params.yaml").read_text())) == []
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 @pytest.mark.parametrize(("stage", "kind", "entry"), [
     ("ptq", "params", "seed"),
     ("evaluate", "params", "quant.group_size"),

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, runs
+from conftest import ON_TRAINED_DIGITS, free_port, runs
 
 from fgq_pipeline import tracking
 
@@ -29,6 +29,7 @@ SCREENSHOT_DIR_ENV = "FGQ_SCREENSHOT_DIR"  # also keep the screenshots there (th
 
 pytestmark = [
     pytest.mark.slow,
+    ON_TRAINED_DIGITS,
     pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                        reason="Debian's chromium and chromium-driver are not installed (/usr/bin/chromium)"),
 ]

@@ -9,14 +9,14 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, cli, runs
+from conftest import ON_SMOKE_PROJECT, ON_TRAINED_DIGITS, cli, runs
 from omegaconf import OmegaConf
 
 from fgq_pipeline import tracking
 from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.params import compose_config
 
-RESUME_EPOCHS = 20  # many short epochs, so the kill lands mid-way
+RESUME_EPOCHS = 10  # many short epochs, so the kill lands mid-way
 COMPARED_STAGES = ("baseline", "ptq", "finetune", "evaluate", "report")  # the writers of the files compared below
 
 
@@ -32,6 +32,7 @@ def test_tracked_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project):
     root, _ = smoke_project
     params = OmegaConf.load(root / "params.yaml")
@@ -49,6 +50,7 @@ def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project)
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 def test_dvc_repro_smoke_run_benchmarks_the_integer_path_into_mlflow(smoke_project):
     root, _ = smoke_project
     params = OmegaConf.load(root / "params.yaml")
@@ -63,6 +65,7 @@ def test_dvc_repro_smoke_run_benchmarks_the_integer_path_into_mlflow(smoke_proje
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_run(smoke_project):
     root, env = smoke_project
     status = subprocess.run(["dvc", "status"], cwd=root, env=env, capture_output=True, text=True, check=True)
@@ -77,6 +80,7 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
 
 
 @pytest.mark.slow
+@ON_SMOKE_PROJECT
 def test_dvc_repro_of_every_stage_again_gives_byte_identical_metrics(smoke_project):
     """Seeds and deterministic algorithms: rerunning the stages (DVC deletes the outputs first)
     writes the same bytes. metrics/bench.json is left out: it holds timings."""
@@ -95,6 +99,7 @@ def test_dvc_repro_of_every_stage_again_gives_byte_identical_metrics(smoke_proje
 
 
 @pytest.mark.slow
+@ON_TRAINED_DIGITS
 def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trained_digits):
     tmp_path, env, common = trained_digits
     sweep = tmp_path / "sweep"
@@ -115,6 +120,7 @@ def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trai
 
 
 @pytest.mark.slow
+@ON_TRAINED_DIGITS
 def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(parallel_sweep):
     """joblib runs the jobs in two processes writing to the one SQLite store at once."""
     tmp_path, sweep, output = parallel_sweep
@@ -133,6 +139,7 @@ def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(parallel_sweep)
 
 
 @pytest.mark.slow
+@ON_TRAINED_DIGITS
 def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
     """Lightning DDP (spawned processes, gloo) from the CLI: a valid checkpoint and one MLflow run."""
     tmp_path, env, common = trained_digits
@@ -156,6 +163,7 @@ def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
 
 
 @pytest.mark.slow
+@ON_TRAINED_DIGITS
 def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digits):
     """SIGKILL once the first epoch's checkpoint is on disk, resume from it, compare with a run
     that was never interrupted: same top-1, same weights."""

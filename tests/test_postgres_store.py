@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_parallel_sweep
+from conftest import ON_TRAINED_DIGITS, free_port, run_parallel_sweep
 from mlflow.tracking import MlflowClient
 
 from fgq_pipeline import tracking
@@ -20,6 +20,7 @@ START_S = 60
 
 pytestmark = [
     pytest.mark.slow,
+    ON_TRAINED_DIGITS,
     pytest.mark.skipif(not PG_BIN, reason="PostgreSQL server binaries are not installed (apt-get install postgresql)"),
 ]
 pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver MLflow uses) is not installed")
