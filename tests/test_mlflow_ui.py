@@ -25,7 +25,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SERVER_START_S = 120
 PAGE_LOAD_S = 60
-SCREENSHOT_DIR_ENV = "FGQ_SCREENSHOT_DIR"  # also keep the screenshots there (the README's come from here)
+SCREENSHOT_DIR_ENV = "FGQ_SCREENSHOT_DIR"  # also keep the screenshots there, to look at them
 
 pytestmark = [
     pytest.mark.slow,
