@@ -16,6 +16,11 @@ from fgq_pipeline.config_reads import TRACE_DIR_ENV
 from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The xdist workers already fill the cores: one thread each (and in the processes they start),
+    # so torch's and Numba's thread pools do not fight over them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 # Tests sharing an expensive session fixture run on one xdist worker, so it is built once.
 ON_SMOKE_PROJECT = pytest.mark.xdist_group("smoke_project")
 ON_TRAINED_DIGITS = pytest.mark.xdist_group("trained_digits")

@@ -1,9 +1,10 @@
 """Every row of the README's bad-input table, tried as a user would.
 
-Rows that only the data or the model can reveal run through the CLI: each must end with exit
-status 2, one message naming the bad value (no traceback), no metrics file, and any MLflow run it
-opened marked FAILED. Rows that config validation catches are checked in process against the same
-validation the runner does first, and one of them through the CLI too.
+Rows that config validation catches are checked against that validation, which the runner does
+before it opens a run. Rows that only the data or the model reveal go through the runner as
+`fgq-ptq` calls it: each must end with exit status 2, one message naming the bad value, no metrics
+file, and the MLflow run marked FAILED. Three rows (one of each kind) run through the CLI itself,
+where the message must come without a traceback.
 """
 
 import os
@@ -18,7 +19,9 @@ from PIL import Image
 
 from fgq_pipeline.models import CifarResNet, DigitsCNN, save_weights, torchvision_model
 from fgq_pipeline.params import compose_config
-from fgq_pipeline.validation import validate_config
+from fgq_pipeline.runner import run_job
+from fgq_pipeline.tasks.ptq import run_ptq
+from fgq_pipeline.validation import exit_on_user_error, validate_config
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,7 @@ CONFIG_ROWS = {
     "empty calibration set": (["calibration.num_images=0"], "calibration.num_images must be a positive integer, got 0"),
     "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
 }
-CLI_ROWS = {
-    "group_size 0": CONFIG_ROWS["group_size 0"],
+DATA_ROWS = {
     "missing data directory": (["data=cifar10", "data.root={files}/missing"], "missing (no such directory)"),
     "empty data directory": (["data=cifar10", "data.root={files}/empty"], "'test.npz'] are not in"),
     "corrupt npz": (["data=cifar10", "data.root={files}/corrupt_npz"], "not a readable npz archive"),
@@ -73,10 +75,17 @@ CLI_ROWS = {
                                             "linear.weight: checkpoint (10, 64) vs model (100, 64)"),
     "NaN weights": (["model.checkpoint={files}/nan.safetensors"], "NaN or Inf values in tensors ['classifier.weight']"),
 }
+CLI_ROWS = {row: {**CONFIG_ROWS, **DATA_ROWS}[row] for row in ("group_size 0", "missing data directory", "NaN weights")}
 
 
 def fgq_ptq() -> list[str]:
     return [sys.executable, "-m", "fgq_pipeline.cli.ptq"]
+
+
+def only_failed_runs(store) -> bool:
+    client = MlflowClient(f"sqlite:///{store}")
+    statuses = [r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return bool(statuses) and set(statuses) == {"FAILED"}
 
 
 @pytest.mark.parametrize("row", list(CONFIG_ROWS))
@@ -86,6 +95,22 @@ def test_bad_config_is_refused_by_validation_naming_the_value(row, files):
     with pytest.raises((ValueError, NotADirectoryError)) as error:
         validate_config(cfg)
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("row", list(DATA_ROWS))
+def test_bad_data_or_model_ends_with_one_message_and_a_failed_run(row, files, tmp_path, monkeypatch, capsys):
+    overrides, expected = DATA_ROWS[row]
+    store = tmp_path / "store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    cfg = compose_config(["debug=smoke", f"data.root={tmp_path / 'data'}", *(o.format(files=files) for o in overrides)])
+    fgq_ptq_job = exit_on_user_error("fgq-ptq")(run_job)
+    with pytest.raises(SystemExit) as exit_status:
+        fgq_ptq_job(cfg, "fgq-ptq", run_ptq, metrics_path=tmp_path / "metrics.json", params_of="ptq")
+    assert exit_status.value.code == 2
+    (message,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fgq-ptq: error: ")]
+    assert expected in message
+    assert not (tmp_path / "metrics.json").exists()
+    assert only_failed_runs(store)
 
 
 @pytest.mark.slow
@@ -102,10 +127,7 @@ def test_bad_input_ends_with_one_clear_message_and_nothing_written(row, files, t
     assert "Traceback" not in result.stderr and "fgq-ptq: error: " in result.stderr
     assert expected in result.stderr, result.stderr[-2000:]
     assert not (run_dir / "metrics.json").exists()
-    if store.exists():
-        client = MlflowClient(f"sqlite:///{store}")
-        statuses = [r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-        assert statuses and set(statuses) == {"FAILED"}
+    assert not store.exists() or only_failed_runs(store)
 
 
 def test_a_group_larger_than_a_layer_is_capped_not_refused():
