@@ -16,6 +16,14 @@ from fgq_pipeline.config_reads import TRACE_DIR_ENV
 from fgq_pipeline.params import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"  # real data and checkpoints, read-only, beside the checkout
+CIFAR10 = SHARED / "data" / "cifar10"
+RESNET20 = SHARED / "models" / "cifar10" / "resnet20-12fca82f.th"
+RESNET32 = SHARED / "models" / "cifar10" / "resnet32-d509ac18.th"
+needs_shared = pytest.mark.skipif(
+    not ((CIFAR10 / "test.npz").exists() and RESNET20.is_file()),
+    reason=f"{SHARED} (real CIFAR-10 data and checkpoints) is not present beside this checkout",
+)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The xdist workers already fill the cores: one thread each (and in the processes they start),
     # so torch's and Numba's thread pools do not fight over them.

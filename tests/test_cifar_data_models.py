@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import CIFAR10, REPO, RESNET20, RESNET32, needs_shared
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from torchvision import transforms
@@ -20,15 +21,6 @@ from fgq_pipeline.data.npz import save_npz_split
 from fgq_pipeline.models import CifarResNet, load_weights, torchvision_model
 from fgq_pipeline.train import evaluate
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CIFAR_ROOT = SHARED / "data/cifar10"
-RESNET20 = SHARED / "models/cifar10/resnet20-12fca82f.th"
-RESNET32 = SHARED / "models/cifar10/resnet32-d509ac18.th"
-needs_shared = pytest.mark.skipif(
-    not (CIFAR_ROOT / "test.npz").exists(),
-    reason="../shared (real CIFAR-10 data and checkpoints) is not present beside this checkout",
-)
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
 FAKE_TRAIN, FAKE_TEST = 60, 20
@@ -50,7 +42,7 @@ def all_batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def correct_count(depth: int, checkpoint: Path, subset_test: int | None) -> int:
-    datamodule = Cifar10DataModule(CIFAR_ROOT, subset_test=subset_test)
+    datamodule = Cifar10DataModule(CIFAR10, subset_test=subset_test)
     model = load_weights(CifarResNet(depth), checkpoint)
     result = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
     return round(result["top1"] * result["num_images"])
@@ -79,11 +71,11 @@ def test_resnet20_smoke_on_first_500_test_images():
 
 @needs_shared
 def test_real_splits_load_with_reference_preprocessing():
-    datamodule = Cifar10DataModule(CIFAR_ROOT, subset_test=8)
+    datamodule = Cifar10DataModule(CIFAR10, subset_test=8)
 
     assert (datamodule.num_train_images, datamodule.num_test_images) == (20000, 8)
     assert datamodule.input_shape == (3, 32, 32) and datamodule.num_classes == 10
-    raw = np.load(CIFAR_ROOT / "test.npz")["x"][:8]
+    raw = np.load(CIFAR10 / "test.npz")["x"][:8]
     reference = transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
     )

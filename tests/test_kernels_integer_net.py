@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CIFAR10, RESNET20, needs_shared
 
 from fgq_pipeline.kernels import IntegerNet, bits_per_weight, export_packed, load_packed
 from fgq_pipeline.kernels.simd import HAS_VNNI
@@ -39,9 +40,6 @@ from fgq_pipeline.quant import (
 TOLERANCE = 1e-4
 FLIP_TOLERANCE = 5e-2
 FULL_TEST_SET_AGREEMENT = 0.999  # see the full-test-set test: flips move a few near-ties
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-RESNET20 = SHARED / "models" / "cifar10" / "resnet20-12fca82f.th"
-CIFAR10 = SHARED / "data" / "cifar10"
 
 
 class RecordingNet(IntegerNet):
@@ -189,8 +187,7 @@ def test_cifar_resnet_integer_net_matches_fake_quant(tmp_path, size):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (RESNET20.is_file() and CIFAR10.is_dir()),
-                    reason=f"the pretrained ResNet-20 and CIFAR-10 under {SHARED} are not present beside this checkout")
+@needs_shared
 def test_pretrained_resnet20_integer_net_agrees_on_the_full_test_set(tmp_path):
     """All 10,000 CIFAR-10 test images through the integer path and the fake-quant model.
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from fgq_pipeline.modes import eval_mode
 from fgq_pipeline.quant import (
     ActQuantizer,
     QuantConfig,
@@ -16,7 +17,6 @@ from fgq_pipeline.quant import (
     quantize_model,
     reestimate_batchnorm,
 )
-from fgq_pipeline.quant.modes import eval_mode
 
 
 def small_net(c_in: int = 4) -> nn.Sequential:

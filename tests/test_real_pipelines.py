@@ -3,20 +3,14 @@
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from conftest import needs_shared
 from PIL import Image
 
 from fgq_pipeline import tracking
 from fgq_pipeline.models import save_weights, torchvision_model
 from fgq_pipeline.params import compose_config
 from fgq_pipeline.tasks.ptq import run_ptq
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "data/cifar10/test.npz").exists(),
-    reason="../shared (real CIFAR-10 data and checkpoints) is not present beside this checkout",
-)
 
 
 def ptq_in_run(tmp_path, monkeypatch, overrides: list[str]) -> dict:

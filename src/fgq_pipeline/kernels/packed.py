@@ -17,8 +17,8 @@ import numpy as np
 
 from .activations import ActivationFormat
 from .codes import pack_codes
-from .scales import SCALE_BITS, decode_scales, encode_scales
 from .packed_checks import validate_layer
+from .scales import SCALE_BITS, decode_scales, encode_scales
 
 FP32_BITS = 32
 

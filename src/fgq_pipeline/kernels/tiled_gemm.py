@@ -37,6 +37,7 @@ from numba import njit, prange
 from .codes import CODES_PER_BYTE, unpack_codes
 from .operands import check_activations
 from .packed import PackedLayer
+from .packed_checks import ACCUMULATOR_MAX
 from .simd import (
     BYTES,
     HAS_F16C,
@@ -52,7 +53,6 @@ from .simd import (
     store_affine,
 )
 from .ternary_gemm import FLOAT_FASTMATH
-from .packed_checks import ACCUMULATOR_MAX
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
 TILE = LANES  # outputs per tile

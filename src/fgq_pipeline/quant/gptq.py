@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modes import eval_mode
+from ..modes import eval_mode
 from .modules import QuantConv2d
 from .surgery import quant_layers
 from .ternary import GroupSize, solve_groups

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .modes import eval_mode
+from ..modes import eval_mode
 from .modules import QUANT_LAYERS, WeightFormat, shapes_only
 from .ternary import effective_group_size, groups_per_filter
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modes import eval_mode
 from .activation import ActQuantizer
 from .config import QuantConfig
 from .gptq import gptq_ternarize
-from .modes import eval_mode
 from .modules import QuantConv2d
 from .surgery import quant_layers
 

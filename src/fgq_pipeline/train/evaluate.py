@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
-from ..quant.modes import eval_mode
+from ..modes import eval_mode
 
 PROGRESS_BAR_MIN_BATCHES = 20
 
