@@ -7,11 +7,12 @@ layer the same integers. Unsigned inputs (after ReLU) are stored as uint8, signe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+from .scales import FP32_MAX, FP32_MIN_NORMAL
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -27,8 +28,10 @@ class ActivationFormat:
             raise ValueError(f"activation bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {self.bits!r}")
         if not isinstance(self.signed, bool):
             raise ValueError(f"activation signedness must be true or false, got {self.signed!r}")
-        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale <= 0:
-            raise ValueError(f"activation scale must be a finite positive number, got {self.scale!r}")
+        scale = self.scale  # the kernels divide by it in fp32: it must be a positive normal fp32 number
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not FP32_MIN_NORMAL <= scale <= FP32_MAX:
+            raise ValueError(f"activation scale must be a finite positive number within fp32's normal range "
+                             f"({FP32_MIN_NORMAL:.4g}..{FP32_MAX:.4g}), got {scale!r}")
 
     @property
     def integer_range(self) -> tuple[int, int]:

@@ -14,6 +14,8 @@ BITS_PER_CODE = 2
 CODE_MASK = 0b11
 INVALID_CODE = 0b10
 _SHIFTS = np.arange(CODES_PER_BYTE, dtype=np.uint8) * BITS_PER_CODE
+_INVALID_FIELDS = (((np.arange(256, dtype=np.uint8)[:, None] >> _SHIFTS) & CODE_MASK) == INVALID_CODE).sum(
+    axis=1).astype(np.uint8)  # fields holding 0b10 in each byte value
 
 
 def packed_row_bytes(row_length: int) -> int:
@@ -43,6 +45,17 @@ def unpack_codes(packed: np.ndarray, row_length: int) -> np.ndarray:
 
 
 def code_faults(packed: np.ndarray, row_length: int) -> tuple[int, int]:
-    """(fields holding 0b10, rows whose padding past ``row_length`` is not all 0b00)."""
-    fields = ((packed[:, :, None] >> _SHIFTS) & CODE_MASK).reshape(packed.shape[0], -1)
-    return int((fields[:, :row_length] == INVALID_CODE).sum()), int(fields[:, row_length:].any(axis=1).sum())
+    """(fields holding 0b10, rows whose padding past ``row_length`` is not all 0b00).
+
+    Counted a byte at a time through a table (every load runs this over every ternary layer).
+    """
+    whole, tail = divmod(row_length, CODES_PER_BYTE)
+    invalid = int(_INVALID_FIELDS[packed[:, :whole]].sum(dtype=np.int64))
+    rest = packed[:, whole:]  # the byte holding the last weights, if shared with padding, then padding
+    if tail and rest.shape[1]:
+        shared = rest[:, 0]
+        invalid += int(_INVALID_FIELDS[shared & ((1 << BITS_PER_CODE * tail) - 1)].sum(dtype=np.int64))
+        padded = (shared >> BITS_PER_CODE * tail != 0) | rest[:, 1:].any(axis=1)
+    else:
+        padded = rest.any(axis=1)
+    return invalid, int(padded.sum())

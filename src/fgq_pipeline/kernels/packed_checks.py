@@ -12,7 +12,7 @@ import numpy as np
 
 from .activations import ActivationFormat
 from .codes import code_faults, packed_row_bytes
-from .scales import INT8_SCALE_MAX, SCALE_DTYPES
+from .scales import FP32_MAX, FP32_MIN_NORMAL, INT8_SCALE_MAX, SCALE_DTYPES
 
 if TYPE_CHECKING:
     from .packed import PackedLayer
@@ -82,10 +82,14 @@ def _check_scales(layer: PackedLayer) -> None:
     _check_array(layer.scales, "scales", SCALE_DTYPES[layer.scale_dtype], (layer.out_channels, layer.groups_per_filter))
     if layer.scale_dtype == "int8":
         sos = layer.scale_of_scales
-        if not isinstance(sos, float) or not np.isfinite(sos) or sos <= 0:
-            raise ValueError(f"int8 scales need a finite positive scale-of-scales, got {sos!r}")
+        if not isinstance(sos, float) or not FP32_MIN_NORMAL <= sos <= FP32_MAX:
+            raise ValueError(f"int8 scales need a scale-of-scales that is a finite positive number within fp32's "
+                             f"normal range, got {sos!r}")
         if (layer.scales == -INT8_SCALE_MAX - 1).any():
             raise ValueError("int8 scales must lie in [-127, 127], found -128")
+        with np.errstate(over="ignore"):
+            if not np.isfinite(layer.fp32_scales).all():
+                raise ValueError(f"int8 scales times the scale-of-scales {sos!r} overflow fp32")
     elif layer.scale_of_scales is not None:
         raise ValueError(f"only int8 scales take a scale-of-scales, got {layer.scale_of_scales!r}")
     if not np.isfinite(layer.scales).all():

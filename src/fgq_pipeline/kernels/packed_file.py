@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .packed import PackedLayer
 FORMAT_NAME = "fgq-packed"
 FORMAT_VERSION = 1
 ARRAYS = ("weights", "scales", "bias")
+_BRIEF = reprlib.Repr()  # header values in messages: a corrupt file's can be huge
+_BRIEF.maxstring = _BRIEF.maxother = 80
 LAYER_FIELDS = ("name", "kind", "weight_format", "weight_shape", "stride", "padding", "group_size", "scale_dtype",
                 "scale_of_scales", "activation")
 
@@ -76,10 +79,11 @@ def load_packed(path: str | Path) -> PackedModel:
 
 def _parse(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> PackedModel:
     if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"not an {FORMAT_NAME} file (header format {metadata.get('format')!r})")
+        raise ValueError(f"not an {FORMAT_NAME} file (header format {_BRIEF.repr(metadata.get('format'))})")
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
-        raise ValueError(f"format version {version!r} is not supported; this reader reads version {FORMAT_VERSION}")
+        raise ValueError(f"format version {_BRIEF.repr(version)} is not supported; this reader reads version "
+                         f"{FORMAT_VERSION}: re-export the model with export_packed from this version of fgq-pipeline")
     layer_entries = _json(metadata, "layers")
     graph = _json(metadata, "graph")
     if not isinstance(layer_entries, list) or not layer_entries:
@@ -102,14 +106,14 @@ def _parse(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> PackedMo
 
 def _layer_from(entry: object, tensors: dict[str, np.ndarray]) -> PackedLayer:
     if not isinstance(entry, dict) or set(entry) != set(LAYER_FIELDS):
-        raise ValueError(f"a layer entry must have exactly the fields {LAYER_FIELDS}, got {entry!r}")
+        raise ValueError(f"a layer entry must have exactly the fields {LAYER_FIELDS}, got {_BRIEF.repr(entry)}")
     name = entry["name"]
     missing = [f"{name}.{array}" for array in ARRAYS if f"{name}.{array}" not in tensors]
     if missing:
-        raise ValueError(f"layer {name!r}: arrays {missing} are missing")
+        raise ValueError(f"layer {_BRIEF.repr(name)}: arrays {_BRIEF.repr(missing)} are missing")
     activation = entry["activation"]
     if not isinstance(activation, dict) or set(activation) != {"scale", "bits", "signed"}:
-        raise ValueError(f"layer {name!r}: activation must give scale, bits and signed, got {activation!r}")
+        raise ValueError(f"layer {name!r}: activation must give scale, bits and signed, got {_BRIEF.repr(activation)}")
     try:
         activation = ActivationFormat(**activation)
     except ValueError as error:
@@ -149,7 +153,9 @@ def _json(metadata: dict[str, str], key: str) -> object:
         raise ValueError(f"the header has no {key!r} entry")
     try:
         return json.loads(metadata[key])
-    except json.JSONDecodeError as error:
+    except RecursionError:
+        raise ValueError(f"the header's {key!r} entry is nested too deeply to be read") from None
+    except ValueError as error:  # invalid JSON, or an integer too long to convert
         raise ValueError(f"the header's {key!r} entry is not valid JSON ({error})") from None
 
 

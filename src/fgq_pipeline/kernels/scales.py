@@ -14,6 +14,8 @@ SCALE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}
 SCALE_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
 INT8_SCALE_MAX = 127
 FP16_MAX = float(np.finfo(np.float16).max)
+FP32_MAX = float(np.finfo(np.float32).max)
+FP32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
 
 
 def validate_scale_dtype(scale_dtype: object) -> str:
