@@ -1,0 +1,159 @@
+"""export_packed on torch.fx-traced models: each supported architecture through the integer path
+against its fake-quant model (same top-1, logits within the CIFAR test's tolerance), and refusals
+of what the integer path cannot run, before any file is written."""
+
+import json
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors import safe_open
+from test_kernels_integer_net import assert_agrees, compare
+from torch import nn
+
+from fgq_pipeline.kernels import export_packed
+from fgq_pipeline.models import CifarResNet, DigitsCNN
+from fgq_pipeline.quant import QuantConfig, post_training_quantize, quantize_model
+
+CONFIG = QuantConfig(group_size=4, act_bits=8, rounding="nearest")
+IMAGES = 8
+
+
+class FunctionalNet(nn.Module):
+    """The functional spellings the tracer accepts: F.relu / torch.relu / in-place, +=, torch.add,
+    x.view(x.size(0), -1), padded and count_include_pad=False pooling, dilation, padding='same'."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.dilated = nn.Conv2d(16, 16, 3, padding=2, dilation=2, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.same = nn.Conv2d(16, 16, 3, padding="same")
+        self.down = nn.Conv2d(16, 32, 1, stride=2)
+        self.body = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(32 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x), inplace=True)
+        y = torch.relu(self.bn(self.dilated(x)))
+        y = self.same(y)
+        y += x
+        y = F.max_pool2d(y.relu_(), 3, stride=1, padding=1)
+        z = torch.add(self.body(y), self.down(y))
+        z = F.avg_pool2d(self.pool(z), 2)
+        z = F.adaptive_avg_pool2d(z, (2, 2))
+        return self.fc(self.drop(F.dropout(z.view(z.size(0), -1), training=False)))
+
+
+def torchvision_net(name: str):
+    return lambda: torchvision.models.get_model(name, num_classes=10)
+
+
+ARCHITECTURES = [  # id, constructor, input size, input channels
+    pytest.param(DigitsCNN, 8, 1, id="digits_cnn"),
+    pytest.param(lambda: CifarResNet(depth=8), 16, 3, id="cifar_resnet8"),
+    pytest.param(FunctionalNet, 16, 3, id="functional"),
+    pytest.param(torchvision_net("alexnet"), 63, 3, id="alexnet"),
+    pytest.param(torchvision_net("resnet18"), 32, 3, id="resnet18"),
+    pytest.param(torchvision_net("vgg11"), 32, 3, id="vgg11", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11_bn"), 32, 3, id="vgg11_bn", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet50"), 64, 3, id="resnet50", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet101"), 64, 3, id="resnet101", marks=pytest.mark.slow),
+]
+
+
+def quantized(build, size: int, channels: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = quantize_model(build().eval(), CONFIG)
+    calibration = [(torch.randn(4, channels, size, size), None) for _ in range(2)]
+    return post_training_quantize(model, CONFIG, calibration).eval()
+
+
+@pytest.mark.parametrize("build, size, channels", ARCHITECTURES)
+def test_traced_architecture_integer_net_matches_fake_quant(tmp_path, build, size, channels):
+    start = time.perf_counter()
+    model = quantized(build, size, channels)
+    result = compare(model, torch.randn(IMAGES, channels, size, size), tmp_path / "model.safetensors")
+    print(f"{time.perf_counter() - start:.1f} s")
+    assert result["images"] == IMAGES
+    assert_agrees(result)
+
+
+def test_resnet_downsample_branch_is_a_dag_of_named_values(tmp_path):
+    model = quantized(torchvision_net("resnet18"), 32, 3)
+    path = export_packed(model, tmp_path / "resnet18.safetensors")
+    with safe_open(path, framework="np") as handle:
+        graph = json.loads(handle.metadata()["graph"])
+    downsample = next(node for node in graph if node.get("layer") == "layer2.0.downsample.0")
+    block_input = downsample["inputs"][0]
+    assert next(node for node in graph if node.get("layer") == "layer2.0.conv1")["inputs"] == [block_input]
+    add = next(node for node in graph if node["op"] == "add" and downsample["output"] in node["inputs"])
+    assert len(add["inputs"]) == 2 and graph[-1]["op"] == "linear"
+
+
+class Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.sigmoid(self.conv(x)).mean((2, 3), keepdim=True), 1))
+
+
+def depthwise():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+def norm_first():
+    return nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))
+
+
+@pytest.mark.parametrize("build, message", [
+    (depthwise, r"cannot export node '2' \(Conv2d with groups=8\): the integer kernels run dense convolutions"),
+    (Sigmoid, r"cannot export node 'sigmoid' \(torch.sigmoid\): no integer-path equivalent"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)),
+     r"cannot export node '1' \(Sigmoid\): no integer-path equivalent"),
+    (norm_first, r"cannot export node '0' \(BatchNorm2d\): only a BatchNorm2d right after a quantized conv"),
+])
+def test_export_refuses_an_operation_it_cannot_run_and_writes_nothing(tmp_path, build, message):
+    model = quantized(build, 8, 3)
+    path = tmp_path / "model.safetensors"
+    with pytest.raises(ValueError, match=message):
+        export_packed(model, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_model_that_was_not_quantized_and_leaves_an_old_file_alone(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(ValueError, match=r"cannot export node '0' \(Conv2d\): not quantized: run quantize_model"):
+        export_packed(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten()), path)
+    assert path.read_bytes() == b"an earlier export" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_export_refuses_a_layer_called_twice_and_an_untraceable_model(tmp_path):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.flatten(self.conv(self.conv(self.stem(x))), 1)
+
+    with pytest.raises(ValueError, match=r"cannot export node 'conv' \(QuantConv2d\): .*called a second time"):
+        export_packed(quantized(Twice, 8, 3), tmp_path / "a.safetensors")
+
+    class DataDependent(nn.Sequential):
+        def forward(self, x):
+            return self[0](x) if x.sum() > 0 else x
+
+    with pytest.raises(ValueError, match="torch.fx cannot trace DataDependent"):
+        export_packed(quantized(lambda: DataDependent(nn.Conv2d(3, 8, 3)), 8, 3), tmp_path / "b.safetensors")
+    assert list(tmp_path.iterdir()) == []
