@@ -4,18 +4,25 @@ of what the integer path cannot run, before any file is written."""
 
 import json
 import time
+from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from safetensors import safe_open
-from test_kernels_integer_net import assert_agrees, compare
+from test_kernels_integer_net import TOLERANCE, assert_agrees, compare
 from torch import nn
 
-from fgq_pipeline.kernels import export_packed
+from fgq_pipeline.kernels import IntegerNet, export_packed
 from fgq_pipeline.models import CifarResNet, DigitsCNN
-from fgq_pipeline.quant import QuantConfig, post_training_quantize, quantize_model
+from fgq_pipeline.quant import (
+    QuantConfig,
+    post_training_quantize,
+    quant_layers,
+    quantize_model,
+)
 
 CONFIG = QuantConfig(group_size=4, act_bits=8, rounding="nearest")
 IMAGES = 8
@@ -49,20 +56,34 @@ class FunctionalNet(nn.Module):
         return self.fc(self.drop(F.dropout(z.view(z.size(0), -1), training=False)))
 
 
-def torchvision_net(name: str):
-    return lambda: torchvision.models.get_model(name, num_classes=10)
+def torchvision_net(name: str, classifier_width: int | None = None):
+    """A randomly initialised torchvision classifier; ``classifier_width`` narrows the hidden layers of
+    AlexNet's / VGG's 4096-wide classifier (same graph, a fraction of the weights to ternarize)."""
+
+    def build():
+        model = torchvision.models.get_model(name, num_classes=10)
+        if classifier_width:
+            linears = [i for i, module in enumerate(model.classifier) if isinstance(module, nn.Linear)]
+            fan_in = model.classifier[linears[0]].in_features
+            for i in linears:
+                width = model.classifier[i].out_features if i == linears[-1] else classifier_width
+                model.classifier[i], fan_in = nn.Linear(fan_in, width), width
+        return model
+
+    return build
 
 
-ARCHITECTURES = [  # id, constructor, input size, input channels
-    pytest.param(DigitsCNN, 8, 1, id="digits_cnn"),
-    pytest.param(lambda: CifarResNet(depth=8), 16, 3, id="cifar_resnet8"),
-    pytest.param(FunctionalNet, 16, 3, id="functional"),
-    pytest.param(torchvision_net("alexnet"), 63, 3, id="alexnet"),
-    pytest.param(torchvision_net("resnet18"), 32, 3, id="resnet18"),
-    pytest.param(torchvision_net("vgg11"), 32, 3, id="vgg11", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("vgg11_bn"), 32, 3, id="vgg11_bn", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet50"), 64, 3, id="resnet50", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet101"), 64, 3, id="resnet101", marks=pytest.mark.slow),
+ARCHITECTURES = [  # id, constructor, input size, input channels, free-running agreement asserted
+    pytest.param(DigitsCNN, 8, 1, True, id="digits_cnn"),
+    pytest.param(lambda: CifarResNet(depth=8), 16, 3, True, id="cifar_resnet8"),
+    pytest.param(FunctionalNet, 16, 3, True, id="functional"),
+    pytest.param(torchvision_net("alexnet", classifier_width=256), 63, 3, True, id="alexnet_narrow"),
+    pytest.param(torchvision_net("resnet18"), 32, 3, True, id="resnet18"),
+    pytest.param(torchvision_net("alexnet"), 63, 3, True, id="alexnet", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11"), 32, 3, True, id="vgg11", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11_bn"), 32, 3, True, id="vgg11_bn", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet50"), 64, 3, False, id="resnet50", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet101"), 64, 3, False, id="resnet101", marks=pytest.mark.slow),
 ]
 
 
@@ -73,14 +94,59 @@ def quantized(build, size: int, channels: int) -> nn.Module:
     return post_training_quantize(model, CONFIG, calibration).eval()
 
 
-@pytest.mark.parametrize("build, size, channels", ARCHITECTURES)
-def test_traced_architecture_integer_net_matches_fake_quant(tmp_path, build, size, channels):
+class ForcedNet(IntegerNet):
+    """Runs each quantized layer on the fake-quant model's own float input to it, so both paths round
+    it to the same integers and a requantization flip cannot cascade; keeps how far the input the
+    integer graph computed itself (from the previous layers' outputs, through pooling, adds,
+    flatten, ...) was from it, relative to its largest magnitude."""
+
+    def run_layer(self, layer, x):
+        expected = self.torch_inputs[layer.name]
+        self.input_error[layer.name] = float(np.abs(x - expected).max() / np.abs(expected).max())
+        return super().run_layer(layer, expected)
+
+
+def compare_forced(model: nn.Module, images: torch.Tensor, path) -> dict:
+    net = ForcedNet.load(export_packed(model, path))
+    net.torch_inputs, net.input_error = {}, {}
+
+    def record(name, layer, args):
+        x = args[0].detach()
+        net.torch_inputs[name] = np.ascontiguousarray((x.permute(0, 2, 3, 1) if x.dim() == 4 else x).numpy())
+
+    hooks = [layer.register_forward_pre_hook(partial(record, name)) for name, layer in quant_layers(model)]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    for hook in hooks:
+        hook.remove()
+    logits = net(images.numpy())
+    worst = max(net.input_error, key=net.input_error.get)
+    return {"top1_agree": int((logits.argmax(1) == expected.argmax(1)).sum()),
+            "max_relative_logits": float(np.abs(logits - expected).max() / np.abs(expected).max()),
+            "worst_layer_input": (worst, net.input_error[worst]), "layers": len(net.input_error)}
+
+
+@pytest.mark.parametrize("build, size, channels, free_running", ARCHITECTURES)
+def test_traced_architecture_integer_net_matches_fake_quant(tmp_path, build, size, channels, free_running):
+    """Layer by layer (each layer fed the fake-quant model's input): every layer input the integer graph
+    computes and the logits within TOLERANCE, same top-1. Free running: as the CIFAR test, except for
+    the random-weight ResNet-50/101, where a few requantization flips cascade through 50-100 layers
+    (16% of ResNet-50's activations a step or more apart, top-1 4 of 8): printed, not asserted."""
     start = time.perf_counter()
     model = quantized(build, size, channels)
-    result = compare(model, torch.randn(IMAGES, channels, size, size), tmp_path / "model.safetensors")
+    images = torch.randn(IMAGES, channels, size, size)
+    forced = compare_forced(model, images, tmp_path / "forced.safetensors")
+    print(forced)
+    assert forced["layers"] == len(quant_layers(model))
+    assert forced["top1_agree"] == IMAGES and forced["max_relative_logits"] <= TOLERANCE
+    assert forced["worst_layer_input"][1] <= TOLERANCE
+    result = compare(model, images, tmp_path / "model.safetensors")
     print(f"{time.perf_counter() - start:.1f} s")
     assert result["images"] == IMAGES
-    assert_agrees(result)
+    if free_running:
+        assert_agrees(result)
+    else:
+        print(result)
 
 
 def test_resnet_downsample_branch_is_a_dag_of_named_values(tmp_path):
