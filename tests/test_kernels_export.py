@@ -2,7 +2,6 @@
 against its fake-quant model (same top-1, logits within the CIFAR test's tolerance), and refusals
 of what the integer path cannot run, before any file is written."""
 
-import json
 import time
 from functools import partial
 
@@ -11,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors import safe_open
-from test_kernels_integer_net import TOLERANCE, assert_agrees, compare
+from test_kernels_integer_net import FLIP_TOLERANCE, TOLERANCE, assert_agrees, compare
 from torch import nn
 
 from fgq_pipeline.kernels import IntegerNet, export_packed
+from fgq_pipeline.kernels.fx_trace import trace_graph
 from fgq_pipeline.models import CifarResNet, DigitsCNN
 from fgq_pipeline.quant import (
     QuantConfig,
@@ -73,17 +72,18 @@ def torchvision_net(name: str, classifier_width: int | None = None):
     return build
 
 
-ARCHITECTURES = [  # id, constructor, input size, input channels, free-running agreement asserted
-    pytest.param(DigitsCNN, 8, 1, True, id="digits_cnn"),
-    pytest.param(lambda: CifarResNet(depth=8), 16, 3, True, id="cifar_resnet8"),
-    pytest.param(FunctionalNet, 16, 3, True, id="functional"),
-    pytest.param(torchvision_net("alexnet", classifier_width=256), 63, 3, True, id="alexnet_narrow"),
-    pytest.param(torchvision_net("resnet18"), 32, 3, True, id="resnet18"),
-    pytest.param(torchvision_net("alexnet"), 63, 3, True, id="alexnet", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("vgg11"), 32, 3, True, id="vgg11", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("vgg11_bn"), 32, 3, True, id="vgg11_bn", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet50"), 64, 3, False, id="resnet50", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet101"), 64, 3, False, id="resnet101", marks=pytest.mark.slow),
+ALL, LOGITS, PRINTED = "all", "logits", "printed"  # what the free-running comparison asserts (see the test)
+ARCHITECTURES = [  # id, constructor, input size, input channels, free-running assertions
+    pytest.param(DigitsCNN, 8, 1, ALL, id="digits_cnn"),
+    pytest.param(lambda: CifarResNet(depth=8), 16, 3, ALL, id="cifar_resnet8"),
+    pytest.param(FunctionalNet, 16, 3, ALL, id="functional"),
+    pytest.param(torchvision_net("alexnet", classifier_width=256), 63, 3, LOGITS, id="alexnet_narrow"),
+    pytest.param(torchvision_net("resnet18"), 32, 3, ALL, id="resnet18"),
+    pytest.param(torchvision_net("alexnet"), 63, 3, LOGITS, id="alexnet", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11"), 32, 3, LOGITS, id="vgg11", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11_bn"), 32, 3, LOGITS, id="vgg11_bn", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet50"), 64, 3, PRINTED, id="resnet50", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet101"), 64, 3, PRINTED, id="resnet101", marks=pytest.mark.slow),
 ]
 
 
@@ -107,7 +107,8 @@ class ForcedNet(IntegerNet):
 
 
 def compare_forced(model: nn.Module, images: torch.Tensor, path) -> dict:
-    net = ForcedNet.load(export_packed(model, path))
+    """Run the packed file at ``path`` (exported from ``model``) layer by layer against ``model``."""
+    net = ForcedNet.load(path)
     net.torch_inputs, net.input_error = {}, {}
 
     def record(name, layer, args):
@@ -129,36 +130,38 @@ def compare_forced(model: nn.Module, images: torch.Tensor, path) -> dict:
 @pytest.mark.parametrize("build, size, channels, free_running", ARCHITECTURES)
 def test_traced_architecture_integer_net_matches_fake_quant(tmp_path, build, size, channels, free_running):
     """Layer by layer (each layer fed the fake-quant model's input): every layer input the integer graph
-    computes and the logits within TOLERANCE, same top-1. Free running: as the CIFAR test, except for
-    the random-weight ResNet-50/101, where a few requantization flips cascade through 50-100 layers
-    (16% of ResNet-50's activations a step or more apart, top-1 4 of 8): printed, not asserted."""
+    computes and the logits within TOLERANCE, same top-1. Free running, as the CIFAR test: ALL of
+    assert_agrees; LOGITS: all but its bound on the share of flipped activations, which AlexNet's and
+    VGG's adaptive pools inflate (at these input sizes they copy each value 36 / 49 times into the
+    classifier's input); PRINTED for the random-weight ResNet-50/101, where a few requantization flips
+    cascade through 50-100 layers (ResNet-50: 16% of activations a step or more apart, top-1 4 of 8)."""
     start = time.perf_counter()
     model = quantized(build, size, channels)
     images = torch.randn(IMAGES, channels, size, size)
-    forced = compare_forced(model, images, tmp_path / "forced.safetensors")
-    print(forced)
+    path = tmp_path / "model.safetensors"
+    result = compare(model, images, path)  # exports to path
+    forced = compare_forced(model, images, path)
+    print(f"{time.perf_counter() - start:.1f} s", forced, result)
     assert forced["layers"] == len(quant_layers(model))
     assert forced["top1_agree"] == IMAGES and forced["max_relative_logits"] <= TOLERANCE
     assert forced["worst_layer_input"][1] <= TOLERANCE
-    result = compare(model, images, tmp_path / "model.safetensors")
-    print(f"{time.perf_counter() - start:.1f} s")
     assert result["images"] == IMAGES
-    if free_running:
+    if free_running == ALL:
         assert_agrees(result)
-    else:
-        print(result)
+    elif free_running == LOGITS:
+        assert result["top1_agree"] == IMAGES and result["top1_differ_without_flips"] == 0
+        assert result["max_relative_unflipped"] <= TOLERANCE and result["max_relative_flipped"] <= FLIP_TOLERANCE
 
 
-def test_resnet_downsample_branch_is_a_dag_of_named_values(tmp_path):
-    model = quantized(torchvision_net("resnet18"), 32, 3)
-    path = export_packed(model, tmp_path / "resnet18.safetensors")
-    with safe_open(path, framework="np") as handle:
-        graph = json.loads(handle.metadata()["graph"])
+def test_resnet_downsample_branch_is_a_dag_of_named_values():
+    graph, layers = trace_graph(quantize_model(torchvision_net("resnet18")(), CONFIG))
     downsample = next(node for node in graph if node.get("layer") == "layer2.0.downsample.0")
     block_input = downsample["inputs"][0]
     assert next(node for node in graph if node.get("layer") == "layer2.0.conv1")["inputs"] == [block_input]
     add = next(node for node in graph if node["op"] == "add" and downsample["output"] in node["inputs"])
     assert len(add["inputs"]) == 2 and graph[-1]["op"] == "linear"
+    folded = {layer.name for layer in layers if layer.norm is not None}
+    assert "layer2.0.downsample.0" in folded and len(folded) == len(layers) - 1  # every conv has its BN
 
 
 class Sigmoid(nn.Module):
