@@ -46,7 +46,9 @@ def int8_layer():
 
 
 def write(tmp_path, layers, name="model.safetensors"):
-    return save_packed(tmp_path / name, layers, graph=[{"op": "layer", "name": layer.name} for layer in layers])
+    graph = [{"op": "input", "inputs": [], "output": "x"}] + [
+        {"op": layer.kind, "layer": layer.name, "inputs": ["x"], "output": layer.name} for layer in layers]
+    return save_packed(tmp_path / name, layers, graph=graph)
 
 
 def test_codes_pack_four_to_a_byte_in_reduction_order():
@@ -63,8 +65,8 @@ def test_round_trip_keeps_codes_scales_and_metadata_exactly(tmp_path):
     np.testing.assert_array_equal(unpack_codes(again.weights, again.reduction_length), to_reduction_order(codes))
     np.testing.assert_array_equal(again.fp32_scales, to_reduction_order(scales))
     np.testing.assert_array_equal(again.bias, layer.bias)
-    assert (again.weight_shape, again.stride, again.padding, again.group_size, again.activation) == (
-        (8, 6, 3, 3), (1, 1), (1, 1), 4, ACTIVATION)
+    assert (again.weight_shape, again.stride, again.padding, again.dilation, again.group_size, again.activation) == (
+        (8, 6, 3, 3), (1, 1), (1, 1), (1, 1), 4, ACTIVATION)
     np.testing.assert_array_equal(loaded.layers["classifier"].weights, int8_layer().weights)
     assert list(loaded.layers) == ["features.3", "classifier"]
 
@@ -132,10 +134,18 @@ def test_loader_rejects_a_truncated_file(tmp_path):
         load_packed(path)
 
 
-def test_loader_rejects_another_format_version(tmp_path):
+@pytest.mark.parametrize("version", ["1", "3"])
+def test_loader_rejects_another_format_version_and_says_how_to_re_export(tmp_path, version):
+    """Version 1 (one running activation, no dilation) is refused, not converted."""
     path = write(tmp_path, [ternary_layer()[0]])
-    rewrite(path, edit_metadata=lambda meta: meta.update(format_version="2"))
-    with pytest.raises(ValueError, match="model.safetensors: format version '2' is not supported"):
+
+    def version_1(meta):
+        meta["format_version"] = version
+        meta["graph"] = json.dumps([{"op": "layer", "name": "features.3"}])
+
+    rewrite(path, edit_metadata=version_1)
+    with pytest.raises(ValueError, match=fr"model.safetensors: format version '{version}' is not supported; this "
+                                         r"reader reads version 2 .*export_packed\(model, path\)"):
         load_packed(path)
 
 
@@ -171,16 +181,44 @@ def test_a_layer_whose_group_sum_could_overflow_int32_is_rejected():
         pack_ternary_layer("huge", codes, np.ones((1, 1), np.float32), 9_000_000, np.zeros(1, np.float32), ACTIVATION)
 
 
+def node(op, inputs, output, **fields):
+    return {"op": op, **fields, "inputs": inputs, "output": output}
+
+
+INPUT = node("input", [], "x")
+CONV = node("conv", ["x"], "c", layer="features.3")  # 6 -> 8 channels
+
+
 @pytest.mark.parametrize("graph, message", [
     (None, "no network graph"),
-    ([{"op": "softmax"}], "op must be one of"),
-    ([{"op": "layer", "name": "features.9"}], "no layer of that name"),
-    ([{"op": "maxpool", "kernel": [2, 2]}], "fields must be"),
-    ([{"op": "save_shortcut"}, {"op": "layer", "name": "features.3"}], "never adds back"),
+    ([INPUT, node("softmax", ["x"], "s")], r"graph node 1 \('s', op 'softmax'\): op must be one of"),
+    ([INPUT, node("conv", ["x"], "c", layer="features.9")], "graph node 1 .*no layer 'features.9' in the file"),
+    ([INPUT, node("conv", ["y"], "c", layer="features.3")], "reads 'y' which no node defines"),
+    ([INPUT, node("relu", ["c"], "r"), node("conv", ["r"], "c", layer="features.3")],
+     r"graph node 1 \('r', op 'relu'\): reads 'c' before it is defined"),
+    ([INPUT, CONV, node("relu", ["c"], "c")], "defines 'c' a second time"),
+    ([INPUT, CONV, node("conv", ["c"], "d", layer="features.3")], "layer 'features.3' is used a second time"),
+    ([INPUT, node("relu", ["x"], "r")], r"no graph node uses the layers \['features.3'\]"),
+    ([INPUT, node("linear", ["x"], "c", layer="features.3")], "features.3' is a conv layer"),
+    ([INPUT, node("flatten", ["x"], "f"), node("conv", ["f"], "c", layer="features.3")], "needs a NHWC input"),
+    ([INPUT, CONV, node("subsample_pad", ["c"], "s", subsample=2, pad_channels=2), node("add", ["c", "s"], "a")],
+     r"graph node 3 \('a', op 'add'\): adds values of different channels: 8 and 12"),
+    ([INPUT, CONV, node("maxpool", ["c"], "p", kernel=[2, 2], stride=[2, 2])], "fields must be"),
+    ([INPUT, CONV, node("maxpool", ["c"], "p", kernel=[2, 2], stride=[0, 2], padding=[0, 0])], "stride .* out of range"),
+    ([INPUT, CONV, node("input", [], "y")], "the first node, and only it, must be the input"),
+    ([INPUT, CONV, node("relu", ["x"], "r")], r"must be read; unread: \['c'\]"),
 ])
 def test_integer_net_rejects_a_graph_it_cannot_run(tmp_path, graph, message):
     path = save_packed(tmp_path / "model.safetensors", [ternary_layer()[0]], graph=graph)
     with pytest.raises(ValueError, match=f"model.safetensors: .*{message}"):
+        IntegerNet.load(path)
+
+
+def test_integer_net_rejects_a_linear_layer_whose_fan_in_the_graph_contradicts(tmp_path):
+    graph = [INPUT, CONV, node("adaptive_avgpool", ["c"], "p", output_size=[2, 2]), node("flatten", ["p"], "f"),
+             node("linear", ["f"], "y", layer="classifier")]
+    path = save_packed(tmp_path / "model.safetensors", [ternary_layer()[0], int8_layer()], graph=graph)
+    with pytest.raises(ValueError, match=r"graph node 4 \('y', op 'linear'\): needs 64 input channels, its input has 32"):
         IntegerNet.load(path)
 
 

@@ -246,7 +246,7 @@ def format_version(rng, original):
     meta = original.meta
     choice = rng.integers(4)
     if choice == 0:
-        meta["format_version"] = pick(rng, ("2", "0", "", "1.0", " 1", "01", "10", "-1", "1\n", "one", "9" * 30))
+        meta["format_version"] = pick(rng, ("1", "3", "0", "", "2.0", " 2", "02", "20", "-1", "2\n", "two", "9" * 30))
     elif choice == 1:
         meta["format"] = pick(rng, ("", "fgq-packed2", "FGQ-PACKED", "safetensors", "fgq-packed "))
     else:
@@ -357,37 +357,39 @@ def activation(rng, original):
 
 
 def graph(rng, original):
-    operations = original.graph()
-    index = rng.integers(len(operations))
+    nodes = original.graph()
+    index = rng.integers(len(nodes))
+    values = [node["output"] for node in nodes]
     choice = rng.integers(10)
     if choice == 0:
-        operations.insert(index, {"op": pick(rng, ("softmax", "conv", "", "LAYER", "relu ", None, 1))})
+        nodes.insert(index, {"op": pick(rng, ("softmax", "conv", "", "LAYER", "relu ", None, 1)),
+                             "inputs": [pick(rng, values)], "output": "new"})
     elif choice == 1:
-        operations.insert(index, {"op": "save_shortcut"})
+        nodes.insert(index, {"op": "add", "inputs": [pick(rng, values), pick(rng, values)], "output": "sum"})
     elif choice == 2:
-        operations.insert(index, {"op": "add_shortcut", "subsample": 1, "pad_channels": 0})
+        nodes[index]["inputs"] = [pick(rng, (nodes[index]["output"], "undefined", "", 0, None))]
     elif choice == 3:
-        operations.pop(index)
+        nodes.pop(index)
     elif choice == 4:
-        operation = operations[index]
-        operation[pick(rng, list(operation))] = evil(rng)
+        node = nodes[index]
+        node[pick(rng, list(node))] = evil(rng)
     elif choice == 5:
-        operation = operations[index]
-        if len(operation) > 1 and rng.random() < 0.5:
-            del operation[pick(rng, [key for key in operation if key != "op"])]
+        node = nodes[index]
+        if len(node) > 1 and rng.random() < 0.5:
+            del node[pick(rng, [key for key in node if key != "op"])]
         else:
-            operation[pick(rng, ("name", "kernel", "subsample", "extra"))] = 1
+            node[pick(rng, ("layer", "kernel", "output_size", "extra"))] = 1
     elif choice == 6:
-        operations = pick(rng, (None, {}, [], "relu", 3, [[]], [None], "@deep@"))
+        nodes = pick(rng, (None, {}, [], "relu", 3, [[]], [None], "@deep@"))
     elif choice == 7:
-        other = rng.integers(len(operations))
-        operations[index], operations[other] = operations[other], operations[index]
+        other = rng.integers(len(nodes))
+        nodes[index], nodes[other] = nodes[other], nodes[index]
     elif choice == 8:
-        layer_ops = [operation for operation in operations if operation["op"] == "layer"]
-        pick(rng, layer_ops)["name"] = pick(rng, ("missing", "", "features", 0, None))
+        layer_nodes = [node for node in nodes if "layer" in node]
+        pick(rng, layer_nodes)["layer"] = pick(rng, ("missing", "", "features", 0, None))
     else:
-        return with_meta(rng, original, {**original.meta, "graph": truncated_json(rng, operations)})
-    return with_meta(rng, original, {**original.meta, "graph": dumps(operations)})
+        return with_meta(rng, original, {**original.meta, "graph": truncated_json(rng, nodes)})
+    return with_meta(rng, original, {**original.meta, "graph": dumps(nodes)})
 
 
 def arrays(rng, original):
@@ -601,8 +603,9 @@ def int8_scaled_layer(meta: dict, edit) -> None:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda meta: meta.update(format_version="2"),
-     "format version '2' is not supported; this reader reads version 1: re-export the model with export_packed"),
+    (lambda meta: meta.update(format_version="1"),
+     "format version '1' is not supported; this reader reads version 2 and does not convert older graphs: "
+     "re-export it from its model with fgq_pipeline.kernels.export_packed"),
     (lambda meta: meta.update(layers=RAW_JSON["@deep@"]), "the header's 'layers' entry is nested too deeply"),
     (lambda meta: meta.update(graph=RAW_JSON["@deep@"]), "the header's 'graph' entry is nested too deeply"),
     (lambda meta: int8_scaled_layer(meta, lambda entry: entry["activation"].update(scale=10**400)),

@@ -25,9 +25,11 @@ layers = [
     pack_int8_layer("fc2", np.ones((6, 8), np.int8), np.ones(6, np.float32), zeros[:6], act),
     pack_int8_layer("fc3", np.ones((4, 6), np.int8), np.ones(4, np.float32), zeros[:4], act),
 ]
-graph = [{"op": "layer", "name": "conv0"}, {"op": "relu"}, {"op": "layer", "name": "conv"}, {"op": "relu"},
-         {"op": "global_avgpool"}, {"op": "flatten"}, {"op": "layer", "name": "fc1"}, {"op": "layer", "name": "fc2"},
-         {"op": "layer", "name": "fc3"}]
+ops = [("conv", "conv0"), ("relu", None), ("conv", "conv"), ("relu", None), ("adaptive_avgpool", None),
+       ("flatten", None), ("linear", "fc1"), ("linear", "fc2"), ("linear", "fc3")]
+graph = [{"op": "input", "inputs": [], "output": "v0"}] + [
+    {"op": op, "inputs": [f"v{i}"], "output": f"v{i + 1}"} | ({"layer": layer} if layer else {})
+    | ({"output_size": [1, 1]} if op == "adaptive_avgpool" else {}) for i, (op, layer) in enumerate(ops)]
 net = IntegerNet(PackedModel({layer.name: layer for layer in layers}, graph))
 start = time.perf_counter()
 net(np.ones((1, 3, 9, 9), np.float32))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graph as ops
+from . import graph_ops as ops
+from .graph import validate_graph
 from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer
@@ -26,7 +27,8 @@ class IntegerNet:
 
     def __init__(self, model: PackedModel):
         self.layers = model.layers
-        self.graph = ops.validate_graph(model.graph, set(model.layers))
+        self.graph = validate_graph(model.graph, model.layers)
+        self._release = _last_reads(self.graph)
         self._tiled = {  # layers whose groups are whole quads run on the tiled kernels, re-laid out once here
             name: TiledLayer.from_packed(layer) for name, layer in self.layers.items()
             if HAS_VNNI and TiledLayer.supports(layer)  # without VNNI they are about 10x slower (kernels README)
@@ -47,25 +49,34 @@ class IntegerNet:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4:
             raise ValueError(f"images must be a float32 batch [B, C, H, W], got shape {images.shape}")
-        x = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-        shortcuts = []
-        for operation in self.graph:
-            kind = operation["op"]
-            if kind == "layer":
-                x = self.run_layer(self.layers[operation["name"]], x)
-            elif kind == "relu":
-                x = ops.relu(x)
-            elif kind == "maxpool":
-                x = ops.max_pool(x, operation["kernel"], operation["stride"])
-            elif kind == "global_avgpool":
-                x = ops.global_avg_pool(x)
-            elif kind == "flatten":
-                x = ops.flatten(x)
-            elif kind == "save_shortcut":
-                shortcuts.append(x)
+        values = {}
+        for index, node in enumerate(self.graph):
+            if node["op"] == "input":
+                out = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
             else:
-                x = ops.add_shortcut(x, shortcuts.pop(), operation["subsample"], operation["pad_channels"])
-        return x
+                out = self.run_node(node, [values[name] for name in node["inputs"]])
+            values[node["output"]] = out
+            for name in self._release[index]:  # a value is dropped once its last reader has run
+                del values[name]
+        return values[self.graph[-1]["output"]]
+
+    def run_node(self, node: dict, inputs: list[np.ndarray]) -> np.ndarray:
+        op, x = node["op"], inputs[0]
+        if op in ("conv", "linear"):
+            return self.run_layer(self.layers[node["layer"]], x)
+        if op == "relu":
+            return ops.relu(x)
+        if op == "maxpool":
+            return ops.max_pool(x, node["kernel"], node["stride"], node["padding"])
+        if op == "avgpool":
+            return ops.avg_pool(x, node["kernel"], node["stride"], node["padding"], node["count_include_pad"])
+        if op == "adaptive_avgpool":
+            return ops.adaptive_avg_pool(x, node["output_size"])
+        if op == "flatten":
+            return ops.flatten(x)
+        if op == "add":
+            return ops.add(x, inputs[1])
+        return ops.subsample_pad(x, node["subsample"], node["pad_channels"])
 
     def run_layer(self, layer: PackedLayer, x: np.ndarray) -> np.ndarray:
         """Quantize ``x`` (NHWC for a conv, [B, C] for a linear) to ``layer``'s input grid and apply it."""
@@ -76,7 +87,8 @@ class IntegerNet:
         integers = layer.activation.quantize(x)
         if layer.kind == "linear":
             return self._gemm(layer, integers)
-        columns, (out_height, out_width) = im2col(integers, layer.kernel_size, layer.stride, layer.padding)
+        columns, (out_height, out_width) = im2col(integers, layer.kernel_size, layer.stride, layer.padding,
+                                                   layer.dilation)
         return self._gemm(layer, columns).reshape(x.shape[0], out_height, out_width, layer.out_channels)
 
     def _gemm(self, layer: PackedLayer, columns: np.ndarray) -> np.ndarray:
@@ -87,3 +99,12 @@ class IntegerNet:
         if layer.weight_format == "int8":
             return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
         return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)
+
+
+def _last_reads(graph: list[dict]) -> list[list[str]]:
+    """For each node, the values it is the last reader of."""
+    last = {name: index for index, node in enumerate(graph) for name in node["inputs"]}
+    release = [[] for _ in graph]
+    for name, index in last.items():
+        release[index].append(name)
+    return release

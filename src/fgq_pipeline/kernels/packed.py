@@ -38,6 +38,7 @@ class PackedLayer:
     weight_shape: tuple[int, ...]
     stride: tuple[int, int] | None
     padding: tuple[int, int] | None
+    dilation: tuple[int, int] | None
     group_size: int | None
     weights: np.ndarray
     scales: np.ndarray
@@ -118,6 +119,7 @@ def pack_ternary_layer(
     stride: tuple[int, int] | None = None,
     padding: tuple[int, int] | None = None,
     scale_dtype: str = "fp32",
+    dilation: tuple[int, int] | None = None,
 ) -> PackedLayer:
     """Pack ternary ``codes`` ([K, C, R, S] or [K, C]) and ``scales`` ([K, G, R, S] or [K, G]).
 
@@ -127,7 +129,8 @@ def pack_ternary_layer(
     stored, scale_of_scales = encode_scales(to_reduction_order(scales), scale_dtype)
     return PackedLayer(
         name=name, kind=_kind(codes), weight_format="ternary", weight_shape=tuple(int(d) for d in codes.shape),
-        stride=stride, padding=padding, group_size=group_size, weights=pack_codes(to_reduction_order(codes)),
+        stride=stride, padding=padding, dilation=_dilation(codes, dilation), group_size=group_size,
+        weights=pack_codes(to_reduction_order(codes)),
         scales=stored, scale_dtype=scale_dtype, scale_of_scales=scale_of_scales,
         bias=np.asarray(bias, dtype=np.float32), activation=activation,
     )
@@ -141,12 +144,14 @@ def pack_int8_layer(
     activation: ActivationFormat,
     stride: tuple[int, int] | None = None,
     padding: tuple[int, int] | None = None,
+    dilation: tuple[int, int] | None = None,
 ) -> PackedLayer:
     """Symmetric int8 ``weights`` ([K, C, R, S] or [K, C]) with one fp32 scale per output filter."""
     weights = np.asarray(weights)
     return PackedLayer(
         name=name, kind=_kind(weights), weight_format="int8", weight_shape=tuple(int(d) for d in weights.shape),
-        stride=stride, padding=padding, group_size=None, weights=to_reduction_order(weights),
+        stride=stride, padding=padding, dilation=_dilation(weights, dilation), group_size=None,
+        weights=to_reduction_order(weights),
         scales=np.asarray(channel_scales, dtype=np.float32).reshape(-1, 1), scale_dtype="fp32",
         scale_of_scales=None, bias=np.asarray(bias, dtype=np.float32), activation=activation,
     )
@@ -158,3 +163,8 @@ def _kind(weights: np.ndarray) -> str:
     if weights.ndim == 2:
         return "linear"
     raise ValueError(f"weights must be [K, C, R, S] (conv) or [K, C] (linear), got shape {weights.shape}")
+
+
+def _dilation(weights: np.ndarray, dilation: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A conv without an explicit dilation has dilation 1; a linear layer has none."""
+    return (1, 1) if dilation is None and _kind(weights) == "conv" else dilation

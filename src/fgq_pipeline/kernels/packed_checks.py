@@ -47,11 +47,13 @@ def _check_geometry(layer: PackedLayer) -> None:
     if not isinstance(shape, tuple) or len(shape) != dims or not all(_is_int(d) and d > 0 for d in shape):
         raise ValueError(f"a {layer.kind} weight shape must be {dims} positive integers, got {shape!r}")
     if layer.kind == "linear":
-        if layer.stride is not None or layer.padding is not None:
-            raise ValueError(f"a linear layer has no stride or padding, got {layer.stride!r} / {layer.padding!r}")
-    elif not _int_pair(layer.stride, minimum=1) or not _int_pair(layer.padding, minimum=0):
-        raise ValueError(f"conv stride must be two integers >= 1 and padding two integers >= 0, "
-                         f"got stride {layer.stride!r}, padding {layer.padding!r}")
+        if layer.stride is not None or layer.padding is not None or layer.dilation is not None:
+            raise ValueError(f"a linear layer has no stride, padding or dilation, got {layer.stride!r} / "
+                             f"{layer.padding!r} / {layer.dilation!r}")
+    elif not (_int_pair(layer.stride, minimum=1) and _int_pair(layer.padding, minimum=0)
+              and _int_pair(layer.dilation, minimum=1)):
+        raise ValueError(f"conv stride and dilation must be two integers >= 1 and padding two integers >= 0, "
+                         f"got stride {layer.stride!r}, padding {layer.padding!r}, dilation {layer.dilation!r}")
     if not isinstance(layer.activation, ActivationFormat):
         raise ValueError(f"activation must be an ActivationFormat, got {type(layer.activation).__name__}")
 

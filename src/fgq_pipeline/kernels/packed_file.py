@@ -23,12 +23,13 @@ from .activations import ActivationFormat
 from .packed import PackedLayer
 
 FORMAT_NAME = "fgq-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graph of named values (see graph.py), conv dilation
 ARRAYS = ("weights", "scales", "bias")
 _BRIEF = reprlib.Repr()  # header values in messages: a corrupt file's can be huge
 _BRIEF.maxstring = _BRIEF.maxother = 80
-LAYER_FIELDS = ("name", "kind", "weight_format", "weight_shape", "stride", "padding", "group_size", "scale_dtype",
-                "scale_of_scales", "activation")
+LAYER_FIELDS = ("name", "kind", "weight_format", "weight_shape", "stride", "padding", "dilation", "group_size",
+                "scale_dtype", "scale_of_scales", "activation")
+REEXPORT = "re-export it from its model with fgq_pipeline.kernels.export_packed(model, path)"
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _parse(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> PackedMo
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         raise ValueError(f"format version {_BRIEF.repr(version)} is not supported; this reader reads version "
-                         f"{FORMAT_VERSION}: re-export the model with export_packed from this version of fgq-pipeline")
+                         f"{FORMAT_VERSION} and does not convert older graphs: {REEXPORT}")
     layer_entries = _json(metadata, "layers")
     graph = _json(metadata, "graph")
     if not isinstance(layer_entries, list) or not layer_entries:
@@ -121,7 +122,7 @@ def _layer_from(entry: object, tensors: dict[str, np.ndarray]) -> PackedLayer:
     return PackedLayer(
         name=name, kind=entry["kind"], weight_format=entry["weight_format"],
         weight_shape=_tuple(entry["weight_shape"]), stride=_tuple(entry["stride"]),
-        padding=_tuple(entry["padding"]), group_size=entry["group_size"],
+        padding=_tuple(entry["padding"]), dilation=_tuple(entry["dilation"]), group_size=entry["group_size"],
         weights=tensors[f"{name}.weights"], scales=tensors[f"{name}.scales"], scale_dtype=entry["scale_dtype"],
         scale_of_scales=entry["scale_of_scales"], bias=tensors[f"{name}.bias"],
         activation=activation,
@@ -133,7 +134,8 @@ def _layer_metadata(layer: PackedLayer) -> dict:
     return {
         "name": layer.name, "kind": layer.kind, "weight_format": layer.weight_format,
         "weight_shape": list(layer.weight_shape), "stride": _list(layer.stride), "padding": _list(layer.padding),
-        "group_size": layer.group_size, "scale_dtype": layer.scale_dtype, "scale_of_scales": layer.scale_of_scales,
+        "dilation": _list(layer.dilation), "group_size": layer.group_size, "scale_dtype": layer.scale_dtype,
+        "scale_of_scales": layer.scale_of_scales,
         "activation": {"scale": float(activation.scale), "bits": activation.bits, "signed": activation.signed},
     }
 

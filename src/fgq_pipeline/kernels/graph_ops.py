@@ -1,0 +1,74 @@
+"""The float32 operations between quantized layers, on NHWC activations, as torch computes them
+(up to the order of float32 sums in the average pools)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.float32(0.0))
+
+
+def max_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int]) -> np.ndarray:
+    """nn.MaxPool2d in floor mode; padding never wins (-inf), as in torch."""
+    return _windows(_pad(x, padding, -np.inf), kernel, stride).max(axis=(-2, -1))
+
+
+def avg_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int],
+             count_include_pad: bool) -> np.ndarray:
+    """nn.AvgPool2d in floor mode: the window sum over the kernel area, or over the cells inside the input."""
+    sums = _windows(_pad(x, padding, 0.0), kernel, stride).sum(axis=(-2, -1), dtype=np.float32)
+    if count_include_pad or not any(padding):
+        return sums / np.float32(kernel[0] * kernel[1])
+    inside = _pad(np.ones((1, *x.shape[1:3], 1), np.float32), padding, 0.0)
+    return sums / _windows(inside, kernel, stride).sum(axis=(-2, -1), dtype=np.float32)
+
+
+def adaptive_avg_pool(x: np.ndarray, output_size: list[int]) -> np.ndarray:
+    """nn.AdaptiveAvgPool2d: output cell i averages input rows floor(i H / OH) .. ceil((i + 1) H / OH) - 1."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = output_size
+    if (out_h, out_w) == (1, 1):
+        return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+    out = np.empty((batch, out_h, out_w, channels), np.float32)
+    for i in range(out_h):
+        rows = slice(i * height // out_h, -(-(i + 1) * height // out_h))
+        for j in range(out_w):
+            cols = slice(j * width // out_w, -(-(j + 1) * width // out_w))
+            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2), dtype=np.float32)
+    return out
+
+
+def flatten(x: np.ndarray) -> np.ndarray:
+    """torch.flatten(x, 1) of the NCHW tensor this NHWC array holds: channels outermost."""
+    if x.ndim == 2:
+        return x
+    if x.shape[1:3] != (1, 1):
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.shape != b.shape:
+        raise ValueError(f"cannot add values of shapes {a.shape} and {b.shape} (NHWC)")
+    return a + b
+
+
+def subsample_pad(x: np.ndarray, subsample: int, pad_channels: int) -> np.ndarray:
+    """Option-A shortcut: every ``subsample``-th row and column, ``pad_channels`` zero channels on each side."""
+    x = x[:, ::subsample, ::subsample]
+    return np.pad(x, ((0, 0), (0, 0), (0, 0), (pad_channels, pad_channels))) if pad_channels else x
+
+
+def _pad(x: np.ndarray, padding: list[int], value: float) -> np.ndarray:
+    if not any(padding):
+        return x
+    return np.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)), constant_values=value)
+
+
+def _windows(x: np.ndarray, kernel: list[int], stride: list[int]) -> np.ndarray:
+    if x.shape[1] < kernel[0] or x.shape[2] < kernel[1]:
+        raise ValueError(f"a {kernel} pooling window does not fit a {x.shape[1]}x{x.shape[2]} input")
+    return sliding_window_view(x, tuple(kernel), axis=(1, 2))[:, :: stride[0], :: stride[1]]
