@@ -79,11 +79,11 @@ ARCHITECTURES = [  # id, constructor, input size, input channels, free-running a
     pytest.param(FunctionalNet, 16, 3, ALL, id="functional"),
     pytest.param(torchvision_net("alexnet", classifier_width=256), 63, 3, LOGITS, id="alexnet_narrow"),
     pytest.param(torchvision_net("resnet18"), 32, 3, ALL, id="resnet18"),
-    pytest.param(torchvision_net("alexnet"), 63, 3, LOGITS, id="alexnet", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("vgg11"), 32, 3, LOGITS, id="vgg11", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("vgg11_bn"), 32, 3, LOGITS, id="vgg11_bn", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet50"), 64, 3, PRINTED, id="resnet50", marks=pytest.mark.slow),
-    pytest.param(torchvision_net("resnet101"), 64, 3, PRINTED, id="resnet101", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11", classifier_width=256), 32, 3, LOGITS, id="vgg11", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("vgg11_bn", classifier_width=256), 32, 3, LOGITS, id="vgg11_bn",
+                 marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet50"), 32, 3, PRINTED, id="resnet50", marks=pytest.mark.slow),
+    pytest.param(torchvision_net("resnet101"), 32, 3, PRINTED, id="resnet101", marks=pytest.mark.slow),
 ]
 
 
