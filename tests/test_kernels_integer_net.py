@@ -46,7 +46,7 @@ class RecordingNet(IntegerNet):
     """Keeps the integers each layer received, to compare with the fake-quant model's."""
 
     def run_layer(self, layer, x):
-        self.inputs[layer.name] = layer.activation.quantize(x).astype(np.int64)
+        self.inputs[layer.name] = layer.activation.quantize(x).astype(np.int16)  # 8-bit codes: int16 holds differences
         return super().run_layer(layer, x)
 
 
@@ -56,7 +56,7 @@ def fake_quant_inputs(model: torch.nn.Module) -> dict:
 
     def record(name, layer, args):
         quantizer = layer.input_quantizer
-        integers = torch.clamp(torch.round(args[0] / quantizer.scale), *quantizer.integer_range()).long()
+        integers = torch.clamp(torch.round(args[0] / quantizer.scale), *quantizer.integer_range()).short()
         inputs[name] = (integers.permute(0, 2, 3, 1) if integers.dim() == 4 else integers).numpy()
 
     for name, layer in quant_layers(model):
@@ -89,7 +89,8 @@ def compare_batches(model: torch.nn.Module, batches, path: Path) -> dict:
 def _batch_summary(logits: np.ndarray, expected: np.ndarray, inputs: dict, expected_inputs: dict) -> dict:
     images = len(logits)
     steps = [np.abs(inputs[name] - expected_inputs[name]).reshape(images, -1) for name in expected_inputs]
-    flipped = np.any([(step > 0).any(axis=1) for step in steps], axis=0)
+    moved = [step != 0 for step in steps]
+    flipped = np.any([m.any(axis=1) for m in moved], axis=0)
     relative = np.abs(logits - expected).max(axis=1) / np.abs(expected).max()
     return {
         "images": images,
@@ -99,7 +100,7 @@ def _batch_summary(logits: np.ndarray, expected: np.ndarray, inputs: dict, expec
         "max_relative_unflipped": float(relative[~flipped].max(initial=0.0)),
         "max_relative_flipped": float(relative[flipped].max(initial=0.0)),
         "images_with_flips": int(flipped.sum()),
-        "flipped_activations": int(sum((step > 0).sum() for step in steps)),
+        "flipped_activations": int(sum(np.count_nonzero(m) for m in moved)),
         "activations": int(sum(step.size for step in steps)),
         "largest_flip_steps": int(max(step.max() for step in steps)),
     }

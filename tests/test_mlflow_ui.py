@@ -44,6 +44,7 @@ def mlflow_server(parallel_sweep):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'store.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no background job consumers: the UI only
     )
     url = f"http://127.0.0.1:{port}"
     try:
