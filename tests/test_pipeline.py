@@ -16,7 +16,7 @@ from fgq_pipeline import tracking
 from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.params import compose_config
 
-RESUME_EPOCHS = 10  # many short epochs, so the kill lands mid-way
+RESUME_EPOCHS = 6  # several short epochs, so the kill lands mid-way
 COMPARED_STAGES = ("baseline", "ptq", "finetune", "evaluate", "report")  # the writers of the files compared below
 
 
@@ -104,17 +104,17 @@ def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trai
     tmp_path, env, common = trained_digits
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        cli("fgq-ptq") + ["-m", "quant.group_size=4,64", "quant.act_bits=8,4", f"hydra.sweep.dir={sweep}"] + common,
+        cli("fgq-ptq") + ["-m", "quant.group_size=4,64", "quant.act_bits=4", f"hydra.sweep.dir={sweep}"] + common,
         env=env, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
-    assert sorted((m["group_size"], m["act_bits"]) for m in metrics) == [(4, 4), (4, 8), (64, 4), (64, 8)]
+    assert sorted((m["group_size"], m["act_bits"]) for m in metrics) == [(4, 4), (64, 4)]
     assert all({"fp32_top1", "top1", "top5", "mult_eliminated"} <= m.keys() for m in metrics)
     all_runs = runs(tmp_path / "store.db", "fgq-digits")
     (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
     jobs = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(jobs) == 4
+    assert len(jobs) == 2
     assert all(r.info.status == "FINISHED" for r in jobs + [parent])
     assert sorted(r.data.metrics["top1"] for r in jobs) == sorted(m["top1"] for m in metrics)
 

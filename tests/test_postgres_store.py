@@ -57,11 +57,11 @@ def test_parallel_sweep_into_postgresql(trained_digits, postgres_uri):
     tmp_path, env, common = trained_digits
     env = {**env, "MLFLOW_TRACKING_URI": postgres_uri}
     sweep = tmp_path / "postgres-sweep"
-    run_parallel_sweep(sweep, "8,4", env, common)
+    run_parallel_sweep(sweep, "8", env, common)  # two jobs, one per worker, writing at once
     client = MlflowClient(postgres_uri)
     experiment = client.get_experiment_by_name("fgq-digits")
     jobs = client.search_runs([experiment.experiment_id],
                               f"tags.mlflow.parentRunId = '{tracking.sweep_parent_run_id(sweep)}'")
     assert sorted((r.data.params["quant.group_size"], r.data.params["quant.act_bits"]) for r in jobs) == [
-        ("4", "4"), ("4", "8"), ("64", "4"), ("64", "8")]
+        ("4", "8"), ("64", "8")]
     assert all(r.info.status == "FINISHED" and "top1" in r.data.metrics for r in jobs)
