@@ -8,6 +8,7 @@ active run, so the same task logs correctly as a stage, a CLI job or a sweep's c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,6 +60,7 @@ def params_hash(params: Mapping) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+@functools.cache  # one process, one checkout: a grid's hundreds of child runs ask git once
 def git_commit() -> str:
     try:
         out = subprocess.run(
