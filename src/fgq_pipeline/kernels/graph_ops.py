@@ -1,5 +1,5 @@
-"""The float32 operations between quantized layers, on NHWC activations, as torch computes them
-(up to the order of float32 sums in the average pools)."""
+"""The float32 operations between quantized layers, on NHWC activations. Average pools add a window's
+cells in row-major order, one fp32 addition at a time, as the torch twin (:mod:`.torch_twin`) does."""
 
 from __future__ import annotations
 
@@ -18,26 +18,26 @@ def max_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[
 
 def avg_pool(x: np.ndarray, kernel: list[int], stride: list[int], padding: list[int],
              count_include_pad: bool) -> np.ndarray:
-    """nn.AvgPool2d in floor mode: the window sum over the kernel area, or over the cells inside the input."""
-    sums = _windows(_pad(x, padding, 0.0), kernel, stride).sum(axis=(-2, -1), dtype=np.float32)
+    """nn.AvgPool2d in floor mode: the window sum, then one division by the kernel area or by the
+    cells inside the input. Sums run in the window's row-major order (the torch twin's order)."""
+    sums = _window_sum(_pad(x, padding, 0.0), kernel, stride)
     if count_include_pad or not any(padding):
         return sums / np.float32(kernel[0] * kernel[1])
     inside = _pad(np.ones((1, *x.shape[1:3], 1), np.float32), padding, 0.0)
-    return sums / _windows(inside, kernel, stride).sum(axis=(-2, -1), dtype=np.float32)
+    return sums / _window_sum(inside, kernel, stride)
 
 
 def adaptive_avg_pool(x: np.ndarray, output_size: list[int]) -> np.ndarray:
     """nn.AdaptiveAvgPool2d: output cell i averages input rows floor(i H / OH) .. ceil((i + 1) H / OH) - 1."""
     batch, height, width, channels = x.shape
     out_h, out_w = output_size
-    if (out_h, out_w) == (1, 1):
-        return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
     out = np.empty((batch, out_h, out_w, channels), np.float32)
     for i in range(out_h):
         rows = slice(i * height // out_h, -(-(i + 1) * height // out_h))
         for j in range(out_w):
-            cols = slice(j * width // out_w, -(-(j + 1) * width // out_w))
-            out[:, i, j] = x[:, rows, cols].mean(axis=(1, 2), dtype=np.float32)
+            cell = x[:, rows, j * width // out_w: -(-(j + 1) * width // out_w)]
+            count = cell.shape[1] * cell.shape[2]
+            out[:, i, j] = _window_sum(cell, list(cell.shape[1:3]), [1, 1])[:, 0, 0] / np.float32(count)
     return out
 
 
@@ -66,6 +66,20 @@ def _pad(x: np.ndarray, padding: list[int], value: float) -> np.ndarray:
     if not any(padding):
         return x
     return np.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)), constant_values=value)
+
+
+def _window_sum(x: np.ndarray, kernel: list[int], stride: list[int]) -> np.ndarray:
+    """Sum of each pooling window, one fp32 addition per window cell in row-major order."""
+    if x.shape[1] < kernel[0] or x.shape[2] < kernel[1]:
+        raise ValueError(f"a {kernel} pooling window does not fit a {x.shape[1]}x{x.shape[2]} input")
+    out_h = (x.shape[1] - kernel[0]) // stride[0] + 1
+    out_w = (x.shape[2] - kernel[1]) // stride[1] + 1
+    total = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            cell = x[:, i: i + (out_h - 1) * stride[0] + 1: stride[0], j: j + (out_w - 1) * stride[1] + 1: stride[1]]
+            total = cell.astype(np.float32) if total is None else total + cell
+    return total
 
 
 def _windows(x: np.ndarray, kernel: list[int], stride: list[int]) -> np.ndarray:

@@ -1,5 +1,6 @@
 """8-bit GEMM for the layers kept at int8 weights (first conv, last linear): int8 weights times
-integer activations, summed exactly in int32, then one fp32 scale per output filter.
+integer activations, summed exactly in int32, then one fp32 scale per output filter, applied in the
+integer path's float order (see :mod:`.ternary_gemm`).
 
 Overflow: |sum| <= L * 127 * 255, which fits int32 for L up to 66,311 weights per filter; the
 loader rejects larger layers (see :mod:`.packed_checks`). Keeping these two layers integer too means
@@ -25,9 +26,8 @@ def _int8_dot(weights_row, x_row):
 @njit(cache=True, parallel=True)
 def _int8_gemm_kernel(x, weights, scales, bias, act_scale, out):
     for k in prange(weights.shape[0]):
-        scale = scales[k] * act_scale
-        for m in range(x.shape[0]):
-            out[m, k] = np.float32(_int8_dot(weights[k], x[m])) * scale + bias[k]
+        for m in range(x.shape[0]):  # a ternary layer's epilogue with one group: fl(fl(fl(S * alpha) * s_x) + b)
+            out[m, k] = np.float32(_int8_dot(weights[k], x[m])) * scales[k] * act_scale + bias[k]
 
 
 def int8_gemm(x: np.ndarray, weights: np.ndarray, scales: np.ndarray, bias: np.ndarray, act_scale: float) -> np.ndarray:

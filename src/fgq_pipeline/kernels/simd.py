@@ -222,8 +222,8 @@ def add_scaled(typingctx, acc, sums, scales, index):
         acc, sums, array, index = args
         pointer = _element_pointer(context, builder, sig.args[2], array, index, stored)
         scale = widen(builder, builder.load(pointer, align=1))
-        product = builder.fmul(builder.sitofp(sums, _FLOAT_VECTOR), scale, flags=("contract",))
-        return builder.fadd(acc, product, flags=("contract",))
+        product = builder.fmul(builder.sitofp(sums, _FLOAT_VECTOR), scale)  # no "contract": two roundings,
+        return builder.fadd(acc, product)  # as the torch twin computes them (no FMA)
 
     return float_vector(float_vector, int_vector, scales, index), codegen
 
@@ -238,7 +238,7 @@ def store_affine(typingctx, out, index, acc, multiplier, bias, bias_index):
         out, index, acc, multiplier, bias, bias_index = args
         shift = builder.load(_element_pointer(context, builder, sig.args[4], bias, bias_index, _FLOAT_VECTOR), align=4)
         factor = _splat(builder, multiplier, _FLOAT_VECTOR)
-        value = builder.fadd(builder.fmul(acc, factor, flags=("contract",)), shift, flags=("contract",))
+        value = builder.fadd(builder.fmul(acc, factor), shift)
         builder.store(value, _element_pointer(context, builder, sig.args[0], out, index, _FLOAT_VECTOR), align=4)
         return context.get_dummy_value()
 

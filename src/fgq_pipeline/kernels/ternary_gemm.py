@@ -4,6 +4,11 @@ For output k and input row m: out[m, k] = s_x * sum_g alpha[k, g] * (sum_{j in g
 + bias[k]. Inside a group the codes only add or subtract activations, so the group sum is exact in
 int32; it is converted to float once and multiplied by the group scale; groups accumulate in fp32.
 
+The float arithmetic follows one fixed order, the integer path's contract (kernels README, "Float
+order"), so that the torch twin in :mod:`.torch_twin` reproduces every output bit for bit:
+acc = 0; for each group in (position, channel group) order: acc = fl(acc + fl(alpha_g * S_g));
+out = fl(fl(acc * s_x) + bias). No fastmath: no reassociation, no fused multiply-add.
+
 Why int32 cannot overflow: |x| <= 255 (uint8) or 127 (int8), so |group sum| <= N * 255, which fits
 int32 for N up to 8,421,504; the loader rejects a layer whose bound exceeds int32 (see
 :mod:`.packed_checks`). The conversion to fp32 is exact while N * 255 < 2^24, i.e. N <= 65,793, far
@@ -24,8 +29,8 @@ xt load serves all of them. A group is walked in steps of 4 weights (weights pas
 masked to 0): a step's partial sum is at most 4 * 255 = 1,020 in magnitude and is computed in int16
 (no widening); groups of more than 4 weights add the steps in int16 up to INT16_GROUP_SIZE weights
 (|sum| <= 128 * 255 < 2^15; about 20% faster than int32 sums at N=16 and 64) and in int32 beyond.
-Leftover rows (M mod BATCH_ROWS) take the row path. Both paths compute the same exact group sums;
-only the fp32 accumulation order differs.
+Leftover rows (M mod BATCH_ROWS) take the row path. Both paths compute the same exact group sums
+and add them in the same order, so a row's output does not depend on the path it took.
 """
 
 from __future__ import annotations
@@ -35,10 +40,6 @@ from numba import njit, prange
 
 from .codes import CODES_PER_BYTE, packed_row_bytes
 from .operands import check_activations, check_operand
-
-# Reassociation lets LLVM vectorise the fp32 sum over groups; contraction lets it fuse
-# scale * sum + acc into an FMA. Integer arithmetic is exact either way.
-FLOAT_FASTMATH = {"reassoc", "contract"}
 
 # Batched path: inputs per block (the lanes of its vector loop: fp32 accumulators in zmm, 16 at a
 # time, unrolled 4x; narrower blocks left LLVM's main vector loop unused or made it slower), outputs
@@ -50,7 +51,7 @@ STEP = 4
 INT16_GROUP_SIZE = 128  # group sums of up to 128 * 255 = 32,640 fit int16
 
 
-@njit(cache=True, fastmath=FLOAT_FASTMATH)
+@njit(cache=True)
 def _byte_groups_dot(codes_row, x_row, scales_row):
     """Groups of exactly four weights, one code byte each: group b covers x[4b : 4b + 4].
 
@@ -82,7 +83,7 @@ def _decode_row(codes_row, decoded):
         decoded[4 * b + 3] = byte >> 6
 
 
-@njit(cache=True, fastmath=FLOAT_FASTMATH)
+@njit(cache=True)
 def _decoded_groups_dot(decoded, x_row, scales_row, channels, group_size):
     """Any group size: group g at position p covers channels [g * N, min((g + 1) * N, C)).
 
@@ -144,7 +145,7 @@ def _step_weights(decoded, j, stop, weights):
             weights[t, q] = decoded[t, jq] if jq < stop else np.int16(0)
 
 
-@njit(cache=True, fastmath=FLOAT_FASTMATH)
+@njit(cache=True)
 def _tile_accumulate(decoded, xt, tile_scales, positions, channels, group_size, weights, group_sums, acc):
     """acc[t, m] = sum_g scale[t, g] * groupsum[t, g, m] for TILE_OUTPUTS weight rows and all inputs.
 

@@ -52,7 +52,6 @@ from .simd import (
     load_bytes,
     store_affine,
 )
-from .ternary_gemm import FLOAT_FASTMATH
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
 TILE = LANES  # outputs per tile
@@ -64,7 +63,7 @@ GEMV_MAX_ROWS = 3  # fewer rows read the 2-bit codes, more the int8 weights (abo
 SIGNED_OFFSET = 128  # int8 activations x are fed as the unsigned bytes x + 128
 
 
-@njit(cache=True, parallel=True, fastmath=FLOAT_FASTMATH)
+@njit(cache=True, parallel=True)
 def _batched_kernel(x, weights, scales, offsets, group_ends, signed, bias, act_scale, out):
     rows, length = x.shape
     tiles = weights.shape[0]
@@ -111,7 +110,7 @@ def _batched_kernel(x, weights, scales, offsets, group_ends, signed, bias, act_s
                     store_affine(out_flat, (r + i) * width + column, f, act_scale, bias, column)
 
 
-@njit(cache=True, parallel=True, fastmath=FLOAT_FASTMATH)
+@njit(cache=True, parallel=True)
 def _gemv_kernel(x, codes, scales, offsets, group_ends, signed, bias, act_scale, out):
     """One task per group of 4 tiles (64 outputs): four independent accumulator chains, one code stream."""
     rows, length = x.shape
