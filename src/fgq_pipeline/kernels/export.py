@@ -16,10 +16,10 @@ from torch import nn
 from .fx_trace import trace_graph
 from .graph import validate_graph
 from .layer_packing import pack_quant_layer
-from .packed_file import save_packed
+from .packed_file import PackedModel, save_packed
 from .scales import validate_scale_dtype
 
-__all__ = ["export_packed", "pack_quant_layer"]
+__all__ = ["export_packed", "pack_model", "pack_quant_layer"]
 
 
 def export_packed(model: nn.Module, path: str | Path, scale_dtype: str = "fp32") -> Path:
@@ -28,9 +28,15 @@ def export_packed(model: nn.Module, path: str | Path, scale_dtype: str = "fp32")
     Layers kept at 8 bits (first conv, last linear under first_last_8bit) run as int8 GEMMs, so
     the whole network consumes integer activations.
     """
+    packed = pack_model(model, scale_dtype)
+    return save_packed(path, list(packed.layers.values()), packed.graph)
+
+
+def pack_model(model: nn.Module, scale_dtype: str = "fp32") -> PackedModel:
+    """What :func:`export_packed` writes, in memory: the traced graph and the packed layers, validated."""
     validate_scale_dtype(scale_dtype)
     nodes, traced = trace_graph(model)
     with torch.no_grad():
-        layers = [pack_quant_layer(layer.name, layer.module, layer.norm, scale_dtype) for layer in traced]
-    validate_graph(nodes, {layer.name: layer for layer in layers})
-    return save_packed(path, layers, nodes)
+        layers = {layer.name: pack_quant_layer(layer.name, layer.module, layer.norm, scale_dtype) for layer in traced}
+    validate_graph(nodes, layers)
+    return PackedModel(layers=layers, graph=nodes)

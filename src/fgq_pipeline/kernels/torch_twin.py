@@ -4,9 +4,9 @@ A calibrated fake-quant model is traced and packed exactly as :func:`.export_pac
 (BatchNorm folded into the group scales, scales rounded to the file's dtype); each quantized layer
 then feeds integer activations (the fake-quant rounding) through exact integer group sums and adds
 the scaled sums in the integer path's float order (kernels README, "Float order"); the operations
-between layers use the sums and orders of :mod:`.graph_ops`. Every reported accuracy of a model the
-integer path can run is this twin's, so the numbers in the reports are the ones the verify stage
-reproduces with the Numba kernels, image for image.
+between layers use the sums and orders of :mod:`.graph_ops`. Reported accuracies are computed in
+this arithmetic (:func:`exact_model`: the Numba path on the CPU, this twin on an accelerator), and
+the verify stage runs both over whole test sets to show that they agree bit for bit.
 """
 
 from __future__ import annotations
@@ -16,29 +16,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from .codes import unpack_codes
-from .fx_trace import trace_graph
+from .export import pack_model
 from .graph import validate_graph
-from .layer_packing import pack_quant_layer
+from .integer_net import IntegerNet
 from .packed import PackedLayer
 from .packed_file import PackedModel
-from .scales import validate_scale_dtype
 
 FP32_EXACT_INTEGERS = 2**24  # integer sums below this are exact in fp32, whatever order they are added in
 
 
-def torch_twin(model: nn.Module, scale_dtype: str = "fp32") -> "TorchTwin":
-    """The twin of ``model`` (after quantize_model and calibration) with scales stored as ``scale_dtype``.
+def torch_twin(model: nn.Module, scale_dtype: str = "fp32") -> TorchTwin:
+    """The twin of ``model`` (after quantize_model and calibration) with scales stored as ``scale_dtype``,
+    on the model's device. ValueError, naming the node or layer, where the integer path cannot run
+    the model (see :func:`.export_packed`)."""
+    return TorchTwin(pack_model(model, scale_dtype)).to(_device(model))
 
-    ValueError, naming the node or layer, where the integer path cannot run the model (see
-    :func:`.export_packed`).
-    """
-    validate_scale_dtype(scale_dtype)
-    nodes, traced = trace_graph(model)
-    with torch.no_grad():
-        layers = {layer.name: pack_quant_layer(layer.name, layer.module, layer.norm, scale_dtype) for layer in traced}
-    validate_graph(nodes, layers)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return TorchTwin(PackedModel(layers=layers, graph=nodes)).to(device)
+
+def exact_model(model: nn.Module, scale_dtype: str = "fp32") -> nn.Module:
+    """``model``'s integer-exact arithmetic as a torch module: on the CPU the Numba integer path
+    itself (the fastest exact evaluator there), elsewhere the torch twin. Both give the same bits."""
+    packed = pack_model(model, scale_dtype)
+    device = _device(model)
+    return IntegerNetModule(IntegerNet(packed)) if device.type == "cpu" else TorchTwin(packed).to(device)
+
+
+class IntegerNetModule(nn.Module):
+    """:class:`.IntegerNet` behind a torch module's call: CPU tensors in, CPU logits out."""
+
+    def __init__(self, net: IntegerNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.net(images.detach().cpu().numpy()))
 
 
 class TorchTwin(nn.Module):
@@ -99,45 +109,45 @@ class TwinLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         integers = torch.clamp(torch.round(x / self.act_scale), self.qmin, self.qmax).to(self.sum_dtype)
         if self.kind == "linear":
-            return self._affine(self._group_sums(integers, 0), self.scales.shape[1], lambda index: index)
+            return self._epilogue(self._accumulate(self._group_sums(integers, 0), 0))
         if not self.ternary:  # one group spanning the filter: the whole convolution is the group sum
             weight = self.weights.permute(0, 2, 1).reshape(self.weights.shape[0], -1, *self.kernel_size)
             sums = F.conv2d(integers, weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
-            return self._epilogue(sums.float() * self.scales[:, 0].view(1, -1, 1, 1))
-        padded = F.pad(integers, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
-        out_h = (padded.shape[2] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        out_w = (padded.shape[3] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        acc, groups = None, -(-self.weights.shape[2] // self.group_size)
+            return self._epilogue(self._accumulate(sums.permute(0, 2, 3, 1).unsqueeze(0), 0))
+        # channels last from here: a group's sums and scales run along the contiguous output channels
+        (pad_h, pad_w), (dil_h, dil_w), (step_h, step_w) = self.padding, self.dilation, self.stride
+        padded = F.pad(integers.permute(0, 2, 3, 1), (0, 0, pad_w, pad_w, pad_h, pad_h))
+        out_h = (padded.shape[1] - dil_h * (self.kernel_size[0] - 1) - 1) // step_h + 1
+        out_w = (padded.shape[2] - dil_w * (self.kernel_size[1] - 1) - 1) // step_w + 1
+        acc = None
         for position in range(self.weights.shape[1]):
             r, s = divmod(position, self.kernel_size[1])
-            rows = slice(r * self.dilation[0], r * self.dilation[0] + (out_h - 1) * self.stride[0] + 1, self.stride[0])
-            cols = slice(s * self.dilation[1], s * self.dilation[1] + (out_w - 1) * self.stride[1] + 1, self.stride[1])
-            sums = self._group_sums(padded[:, :, rows, cols], position)  # [G, B, K, OH, OW]
-            for g in range(groups):
-                term = sums[g].float() * self.scales[:, position * groups + g].view(1, -1, 1, 1)
-                acc = term if acc is None else acc + term
+            window = padded[:, r * dil_h: r * dil_h + (out_h - 1) * step_h + 1: step_h,
+                            s * dil_w: s * dil_w + (out_w - 1) * step_w + 1: step_w]
+            acc = self._accumulate(self._group_sums(window, position), position, acc)
         return self._epilogue(acc)
 
     def _group_sums(self, integers: torch.Tensor, position: int) -> torch.Tensor:
-        """Exact sums of each group of ``group_size`` input channels at one kernel position: [G, B, K, ...]."""
+        """Exact sums of each group of input channels (the last dim) at one kernel position: [G, ..., K]."""
         channels, size = self.weights.shape[2], min(self.group_size, self.weights.shape[2])
         groups = -(-channels // size)
         weights = F.pad(self.weights[:, position], (0, groups * size - channels)).view(-1, groups, size)
-        x = F.pad(integers.movedim(1, -1), (0, groups * size - channels))
-        x = x.reshape(*x.shape[:-1], groups, size)
-        sums = torch.einsum("...gn,kgn->g...k", x, weights)
-        return sums.movedim(-1, 2) if sums.dim() == 5 else sums  # conv: [G, B, OH, OW, K] -> [G, B, K, OH, OW]
+        x = F.pad(integers, (0, groups * size - channels))
+        return torch.einsum("...gn,kgn->g...k", x.reshape(*x.shape[:-1], groups, size), weights)
 
-    def _affine(self, sums: torch.Tensor, groups: int, scale_index) -> torch.Tensor:
-        acc = None
-        for g in range(groups):
-            term = sums[g].float() * self.scales[:, scale_index(g)]
-            acc = term if acc is None else acc + term
-        return self._epilogue(acc)
+    def _accumulate(self, sums: torch.Tensor, position: int, acc: torch.Tensor | None = None) -> torch.Tensor:
+        """acc + each group's fl(S_g * alpha_g), one fp32 addition per group in the kernels' order."""
+        groups = sums.shape[0]
+        scales = self.scales[:, position * groups: (position + 1) * groups].t()
+        terms = sums.float() * scales.reshape(groups, *([1] * (sums.dim() - 2)), -1)
+        for term in terms:
+            acc = term.clone() if acc is None else acc.add_(term)
+        return acc
 
     def _epilogue(self, acc: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1, 1, 1) if acc.dim() == 4 else (1, -1)
-        return acc * self.act_scale + self.bias.view(shape)
+        """fl(fl(acc * s_x) + bias), back to NCHW for a conv (channels-last memory)."""
+        out = acc * self.act_scale + self.bias
+        return out.permute(0, 3, 1, 2) if out.dim() == 4 else out
 
 
 def avg_pool(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
@@ -186,3 +196,7 @@ def _dense_weights(layer: PackedLayer):
 
 def _key(name: str) -> str:
     return name.replace(".", "/")  # ModuleDict keys may not contain dots
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

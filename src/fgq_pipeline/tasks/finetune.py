@@ -13,7 +13,7 @@ from ..project import resolve_path
 from ..quant import quantize_model
 from ..seeding import seed_everything
 from ..tracking import RunLog
-from ..train import ClassifierModule, evaluate, fit
+from ..train import ClassifierModule, evaluate, fit, score
 from .ptq import PostTrainingQuantizer
 from .ptq_grid import finetune_quant_config
 from .records import result_record
@@ -33,7 +33,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     fp32_model = build_model(cfg)
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
     model = PostTrainingQuantizer(cfg, fp32_model, datamodule).model(quant)
-    before = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
+    before = score(model, datamodule.test_dataloader(), datamodule.num_classes)
     settings = cfg.finetune
     module = ClassifierModule(
         model, lr=settings.lr, epochs=settings.epochs, optimizer=settings.optimizer,
@@ -47,7 +47,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     save_weights(model, weights_path, metadata={"model": cfg.model.name})
-    after = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
+    after = score(model, datamodule.test_dataloader(), datamodule.num_classes)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
     return {
         "fp32_top1": fp32_top1,
@@ -66,7 +66,7 @@ def evaluate_finetuned(cfg: DictConfig, fp32_top1: float, extra_training_fractio
     datamodule = build_datamodule(cfg)
     model = quantize_model(build_model(cfg, load_checkpoint=False), quant)
     load_weights(model, resolve_path(cfg.paths.finetuned_weights))
-    metrics = evaluate(model.eval(), datamodule.test_dataloader(), datamodule.num_classes)
+    metrics = score(model, datamodule.test_dataloader(), datamodule.num_classes)
     record = result_record(cfg, quant, model, datamodule, metrics, fp32_top1, finetuned=True)
     record["extra_training_fraction"] = extra_training_fraction
     return record

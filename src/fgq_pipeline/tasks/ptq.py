@@ -18,7 +18,7 @@ from ..quant import (
 )
 from ..seeding import seed_everything
 from ..tracking import RunLog
-from ..train import evaluate
+from ..train import evaluate, score
 from .ptq_grid import ptq_grid, quant_config
 from .records import result_record, run_name
 
@@ -51,7 +51,7 @@ class PostTrainingQuantizer:
 
     def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
         model = self.model(quant)
-        metrics = evaluate(model, self.datamodule.test_dataloader(), self.datamodule.num_classes)
+        metrics = score(model, self.datamodule.test_dataloader(), self.datamodule.num_classes)
         return result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
 
 

@@ -17,6 +17,7 @@ def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metric
         "finetuned": finetuned,
         "top1": metrics["top1"],
         "top5": metrics["top5"],
+        "arithmetic": metrics["arithmetic"],
         "fp32_top1": fp32_top1,
         "num_images": metrics["num_images"],
         "mult_eliminated": ops.mult_eliminated,
