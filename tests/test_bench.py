@@ -155,6 +155,19 @@ def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     assert targets["gemm_vs_fp32"]["worst_case"] == "fc batch 64"
 
 
+def test_resnet50_target_judges_torchvision_resnet50_alone():
+    rows = [{**row, "kind": TORCHVISION, "workload": f"torchvision_{arch}",
+             "median_ms": row["median_ms"] if row["candidate"] != NUMBA else numba_ms}
+            for arch, numba_ms in (("resnet18", 9.0), ("resnet50", 5.0))
+            for row in _rows(1.0) if row["workload"] == "net"]
+    targets = evaluate_targets(speedup_frame(_rows(1.0) + rows), threads=1)
+    (resnet50,) = [t for t in targets if t["key"] == "resnet50_b1_vs_fp32"]
+    assert resnet50["measured"] == pytest.approx(2.0) and resnet50["met"] is True
+    assert resnet50["worst_case"] == "torchvision_resnet50 batch 1"
+    (network,) = [t for t in targets if t["key"] == "network_b1_vs_fp32"]
+    assert network["worst_case"] == "net batch 1"  # the CIFAR target leaves the torchvision networks out
+
+
 def test_narrower_scales_get_their_own_gemv_targets_and_metrics(tmp_path):
     """fp32-scale rows keep their targets and metric names; int8-scale GEMV rows are judged apart."""
     targets = evaluate_targets(speedup_frame(_rows(5.0, int8_scales_ms=1.0)), threads=1)
