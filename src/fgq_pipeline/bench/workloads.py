@@ -9,7 +9,7 @@ each timed call (torch's int8 modules quantize inside theirs too).
 
 Weights are Gaussian (He scale) for single layers, as only their shapes and the share of zero codes
 matter for speed; the CIFAR ResNet uses the pretrained checkpoint when it is given; torchvision's
-networks keep their random initialisation (no pretrained weights can be downloaded here). Scales are
+networks keep their random initialisation (the bench downloads nothing). Scales are
 stored as fp32 unless a workload says otherwise (``scales``): a batch-1 layer reads them as stored,
 so fp16 or int8 scales cut what it streams at N=4 (the outputs change by the scales' rounding).
 """
