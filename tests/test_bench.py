@@ -1,6 +1,9 @@
 """The benchmark: settings validation, interleaved timing, workloads that compute the same layer
 three ways, target evaluation and the report files."""
 
+import os
+
+import numba
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +14,7 @@ from fgq_pipeline.bench import (
     linear_workload,
     network_workload,
     time_interleaved,
+    torchvision_workload,
 )
 from fgq_pipeline.bench.report import (
     evaluate_targets,
@@ -18,7 +22,7 @@ from fgq_pipeline.bench.report import (
     write_bench_report,
 )
 from fgq_pipeline.bench.run import BenchSettings, Machine
-from fgq_pipeline.bench.workloads import FP32, INT8, NUMBA
+from fgq_pipeline.bench.workloads import FP32, INT8, NUMBA, TORCHVISION
 
 GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
             linear=({"name": "fc", "in_features": 32, "out_features": 8},), conv=(), network_depth=None,
@@ -34,6 +38,11 @@ GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
     ({"conv": ({"name": "c", "in_channels": 4, "out_channels": 4, "kernel": 3, "stride": 0, "padding": 1,
                 "size": 8},)}, r"bench.conv\[0\].stride must be an integer >= 1, got 0"),
     ({"max_background_cpus": -1.0}, "max_background_cpus must be >= 0"),
+    ({"torchvision_networks": ({"arch": "resnet18"},)}, r"bench.torchvision_networks\[0\] must give exactly"),
+    ({"torchvision_networks": ({"arch": "resnet", "size": 224},)},
+     r"bench.torchvision_networks\[0\].arch must name a torchvision classifier .*got 'resnet'"),
+    ({"torchvision_networks": ({"arch": "resnet18", "size": 0},)},
+     r"bench.torchvision_networks\[0\].size must be an integer >= 1, got 0"),
     ({"gemv_scale_dtypes": ("bf16",)}, r"bench.gemv_scale_dtypes takes \['fp16', 'int8'\] \(fp32 always runs\), got 'bf16'"),
 ])
 def test_bad_settings_are_refused_naming_the_value(change, message):
@@ -57,7 +66,7 @@ def test_interleaved_timing_runs_every_candidate_each_round():
 
 def test_background_load_is_measured_in_cpus():
     load = background_cpus(window_s=0.2)
-    assert load is None or 0.0 <= load <= (__import__("os").cpu_count() or 1) + 0.5
+    assert load is None or 0.0 <= load <= (os.cpu_count() or 1) + 0.5
 
 
 def _outputs(workload):
@@ -94,6 +103,32 @@ def test_network_workload_runs_the_whole_resnet_three_ways():
     assert workload.potential_speedup > 1
 
 
+def test_torchvision_workload_runs_the_whole_network_three_ways():
+    workload = torchvision_workload("resnet18", size=32, group_size=4)
+    outputs = _outputs(workload)
+    assert (workload.name, workload.kind, workload.batch) == ("torchvision_resnet18", TORCHVISION, 1)
+    assert {out.shape for out in outputs.values()} == {(1, 1000)}
+    for name in (NUMBA, INT8):  # ternarized and int8 random weights: the same network, roughly
+        assert np.corrcoef(outputs[name].ravel(), outputs[FP32].ravel())[0, 1] > 0.7, name
+
+
+def test_torchvision_networks_are_timed_at_the_lowest_thread_count_into_the_report(monkeypatch, tmp_path):
+    from fgq_pipeline.bench import run
+
+    monkeypatch.setattr(run, "compile_and_cache_load_seconds", lambda: (1.0, 0.1))  # the smoke repro measures it
+    monkeypatch.setattr(run, "background_cpus", lambda: 0.0)
+    threads = (1, 2) if min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS) >= 2 else (1,)
+    settings = BenchSettings(**{**GOOD, "rounds": 1, "threads": threads,
+                                "torchvision_networks": ({"arch": "resnet18", "size": 32},)})
+    rows, machine = run.run_benchmark(settings)
+    tv_rows = [row for row in rows if row["workload"] == "torchvision_resnet18"]
+    assert {(row["candidate"], row["threads"]) for row in tv_rows} == {(name, 1) for name in (NUMBA, FP32, INT8)}
+    assert all(row["median_ms"] > 0 and row["batch"] == 1 for row in tv_rows)
+    _, paths = write_bench_report(rows, machine, tmp_path)
+    one_thread = paths["markdown"].read_text().split("## 2 threads")[0]
+    assert "| torchvision_resnet18 | random, 3x32x32 images | 1 | 4 | fp32 |" in one_thread
+
+
 def _rows(numba_ms: float, int8_scales_ms: float | None = None) -> list[dict]:
     cells = [("linear", "fc", 1, "fp32", numba_ms), ("linear", "fc", 64, "fp32", numba_ms),
              ("network", "net", 1, "fp32", numba_ms)]
@@ -118,6 +153,19 @@ def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     assert targets["gemv_vs_fp32"]["measured"] == pytest.approx(10.0 / numba_ms)
     assert targets["gemv_vs_int8"]["measured"] == pytest.approx(2.0 / numba_ms)
     assert targets["gemm_vs_fp32"]["worst_case"] == "fc batch 64"
+
+
+def test_resnet50_target_judges_torchvision_resnet50_alone():
+    rows = [{**row, "kind": TORCHVISION, "workload": f"torchvision_{arch}",
+             "median_ms": row["median_ms"] if row["candidate"] != NUMBA else numba_ms}
+            for arch, numba_ms in (("resnet18", 9.0), ("resnet50", 5.0))
+            for row in _rows(1.0) if row["workload"] == "net"]
+    targets = evaluate_targets(speedup_frame(_rows(1.0) + rows), threads=1)
+    (resnet50,) = [t for t in targets if t["key"] == "resnet50_b1_vs_fp32"]
+    assert resnet50["measured"] == pytest.approx(2.0) and resnet50["met"] is True
+    assert resnet50["worst_case"] == "torchvision_resnet50 batch 1"
+    (network,) = [t for t in targets if t["key"] == "network_b1_vs_fp32"]
+    assert network["worst_case"] == "net batch 1"  # the CIFAR target leaves the torchvision networks out
 
 
 def test_narrower_scales_get_their_own_gemv_targets_and_metrics(tmp_path):

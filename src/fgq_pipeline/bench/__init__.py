@@ -6,9 +6,10 @@ from fgq_pipeline.bench.workloads import (
     conv_workload,
     linear_workload,
     network_workload,
+    torchvision_workload,
 )
 
 __all__ = [
     "Timing", "Workload", "background_cpus", "conv_workload", "linear_workload", "network_workload",
-    "time_interleaved",
+    "time_interleaved", "torchvision_workload",
 ]

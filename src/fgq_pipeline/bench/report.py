@@ -12,7 +12,7 @@ from fgq_pipeline.atomic import atomic_path, write_text_atomically
 from fgq_pipeline.render import markdown_table, new_figure, save_png
 
 from .run import Machine
-from .workloads import DEFAULT_SCALES, FP32, INT8, NUMBA
+from .workloads import DEFAULT_SCALES, FP32, INT8, NUMBA, TORCHVISION
 
 CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "scales"]
 PNG_DPI = 110
@@ -31,6 +31,7 @@ class Target:
     batch: str  # "1" or ">1"
     baseline: str
     minimum: float
+    workload: str | None = None  # the one workload it judges; None: every workload of its kinds
 
 
 TARGETS = (
@@ -38,6 +39,8 @@ TARGETS = (
     Target("gemv_vs_int8", "batch-1 FC GEMV vs torch int8 dynamic", ("linear",), "1", INT8, 1.0),
     Target("gemm_vs_fp32", "batched GEMM (FC and conv) vs torch fp32", ("linear", "conv"), ">1", FP32, 1.0),
     Target("network_b1_vs_fp32", "whole network, batch 1, vs torch fp32", ("network",), "1", FP32, 1.5),
+    Target("resnet50_b1_vs_fp32", "whole torchvision ResNet-50, batch 1, vs torch fp32", (TORCHVISION,), "1", FP32,
+           1.5, workload="torchvision_resnet50"),
 )
 
 
@@ -64,6 +67,8 @@ def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
         column = "speedup_vs_fp32" if target.baseline == FP32 else "speedup_vs_int8"
         chosen = cells[(cells["threads"] == threads) & cells["kind"].isin(target.kind)]
         chosen = chosen[chosen["batch"] == 1] if target.batch == "1" else chosen[chosen["batch"] > 1]
+        if target.workload is not None:
+            chosen = chosen[chosen["workload"] == target.workload]
         for (group_size, scales), rows in chosen.groupby(["group_size", "scales"], sort=False):
             rows = rows.dropna(subset=[column])
             if rows.empty:

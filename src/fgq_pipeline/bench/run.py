@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numba
 import torch
+import torchvision
 from tqdm.auto import tqdm
 
 from fgq_pipeline.kernels.scales import SCALE_DTYPES
@@ -22,15 +23,18 @@ from .workloads import (
     CANDIDATES,
     DEFAULT_SCALES,
     TORCH_QUANTIZED_DEPRECATION,
+    TORCHVISION,
     Workload,
     conv_workload,
     linear_workload,
     network_workload,
+    torchvision_workload,
 )
 
 LINEAR_KEYS = ("in_features", "out_features")
 NARROW_SCALE_DTYPES = tuple(dtype for dtype in SCALE_DTYPES if dtype != DEFAULT_SCALES)
 CONV_KEYS = ("in_channels", "out_channels", "kernel", "stride", "padding", "size")
+TORCHVISION_KEYS = ("arch", "size")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class BenchSettings:
     max_background_cpus: float
     require_idle: bool
     gemv_scale_dtypes: tuple[str, ...] = ()  # batch-1 linear workloads repeated with these stored scales
+    torchvision_networks: tuple[Mapping, ...] = ()  # {arch, size}: batch 1, the lowest thread count only
 
     def __post_init__(self) -> None:
         _positive_int("bench.rounds", self.rounds)
@@ -64,6 +69,14 @@ class BenchSettings:
                     raise ValueError(f"bench.{kind}[{index}] must give exactly {['name', *keys]}, got {sorted(shape)}")
                 for key in keys:
                     _positive_int(f"bench.{kind}[{index}].{key}", shape[key], allow_zero=key == "padding")
+        for index, network in enumerate(self.torchvision_networks):
+            if set(network) != set(TORCHVISION_KEYS):
+                raise ValueError(f"bench.torchvision_networks[{index}] must give exactly {list(TORCHVISION_KEYS)}, "
+                                 f"got {sorted(network)}")
+            if network["arch"] not in torchvision.models.list_models(module=torchvision.models):
+                raise ValueError(f"bench.torchvision_networks[{index}].arch must name a torchvision classifier "
+                                 f"(torchvision.models.list_models()), got {network['arch']!r}")
+            _positive_int(f"bench.torchvision_networks[{index}].size", network["size"])
         if self.max_background_cpus < 0:
             raise ValueError(f"bench.max_background_cpus must be >= 0, got {self.max_background_cpus!r}")
         for scale_dtype in self.gemv_scale_dtypes:
@@ -123,6 +136,8 @@ def workloads(settings: BenchSettings) -> Iterator[Callable[[], Workload]]:
             if settings.network_depth is not None:
                 yield lambda b=batch, g=group_size: network_workload(
                     settings.network_depth, b, g, settings.network_checkpoint)
+        for network in settings.torchvision_networks:
+            yield lambda n=network, g=group_size: torchvision_workload(**n, group_size=g)
 
 
 def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
@@ -135,7 +150,7 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
         warnings.filterwarnings("ignore", message=TORCH_QUANTIZED_DEPRECATION)
         for build in tqdm(builders, desc="bench", unit="workload"):
             workload = build()
-            for threads in settings.threads:
+            for threads in _thread_counts(workload, settings):
                 numba.set_num_threads(threads)
                 torch.set_num_threads(threads)
                 timings = time_interleaved(workload.candidates, settings.rounds)
@@ -144,6 +159,11 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
     machine = Machine(_cpu_name(), os.cpu_count() or 1, before, after, settings.max_background_cpus,
                       compile_s, cache_load_s)
     return rows, machine
+
+
+def _thread_counts(workload: Workload, settings: BenchSettings) -> tuple[int, ...]:
+    """Whole torchvision networks run at the lowest thread count only, the one their target is set at."""
+    return (min(settings.threads),) if workload.kind == TORCHVISION else settings.threads
 
 
 def _row(workload: Workload, threads: int, candidate: str, timing) -> dict:

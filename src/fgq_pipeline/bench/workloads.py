@@ -8,7 +8,8 @@ each timed call (torch's int8 modules quantize inside theirs too).
   FX-quantized whole network), where the running torch build has one.
 
 Weights are Gaussian (He scale) for single layers, as only their shapes and the share of zero codes
-matter for speed; the whole network uses the pretrained checkpoint when it is given. Scales are
+matter for speed; the CIFAR ResNet uses the pretrained checkpoint when it is given; torchvision's
+networks keep their random initialisation (the bench downloads nothing). Scales are
 stored as fp32 unless a workload says otherwise (``scales``): a batch-1 layer reads them as stored,
 so fp16 or int8 scales cut what it streams at N=4 (the outputs change by the scales' rounding).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
 
 from fgq_pipeline.kernels import IntegerNet, PackedModel, export_packed, load_packed
@@ -42,8 +44,12 @@ from fgq_pipeline.quant.modules import QuantConv2d, QuantLinear, WeightFormat
 NUMBA, FP32, INT8 = "numba_ternary", "torch_fp32", "torch_int8"
 DEFAULT_SCALES = "fp32"  # how the packed layers store their scales unless a workload says otherwise
 CANDIDATES = (NUMBA, FP32, INT8)
+TORCHVISION = "torchvision_network"  # the workload kind of whole torchvision classifiers
 CIFAR_IMAGE = (3, 32, 32)
-CALIBRATION_BATCHES = 4
+CIFAR_CALIBRATION = (64,) * 4  # images per calibration batch
+# A few generated images: at 224x224 each costs a fake-quant and an FX-observed forward, and the
+# timings do not depend on the activation scales they give
+TORCHVISION_CALIBRATION = (4, 4)
 # torch deprecates its quantized tensors in favour of torchao; they are still the int8 path it ships
 TORCH_QUANTIZED_DEPRECATION = "torch.quantize_per_tensor, torch.quantize_per_channel"
 
@@ -105,22 +111,40 @@ def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, s
 
 def network_workload(depth: int, batch: int, group_size: int, checkpoint: str | Path | None,
                      seed: int = 0) -> Workload:
-    """A whole CIFAR ResNet: FGQ at ``group_size`` with 8-bit activations, first/last layers 8-bit."""
+    """A whole CIFAR ResNet, from the checkpoint when it exists."""
     torch.manual_seed(seed)
     fp32 = CifarResNet(depth).eval()
     weights = "random"
     if checkpoint is not None and Path(checkpoint).is_file():
         load_weights(fp32, checkpoint)
         weights = Path(checkpoint).name
+    return _whole_network(f"cifar_resnet{depth}", "network", fp32, f"{weights}, 3x32x32 images", CIFAR_IMAGE, batch,
+                          group_size, CIFAR_CALIBRATION, seed)
+
+
+def torchvision_workload(arch: str, size: int, group_size: int, seed: int = 0) -> Workload:
+    """A whole torchvision classifier (``torchvision.models.get_model(arch)``, random weights) at
+    batch 1 on ``size`` x ``size`` images."""
+    torch.manual_seed(seed)
+    fp32 = torchvision.models.get_model(arch, weights=None).eval()
+    return _whole_network(f"torchvision_{arch}", TORCHVISION, fp32, f"random, 3x{size}x{size} images",
+                          (3, size, size), 1, group_size, TORCHVISION_CALIBRATION, seed)
+
+
+def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tuple[int, int, int], batch: int,
+                   group_size: int, calibration_sizes: tuple[int, ...], seed: int) -> Workload:
+    """``fp32`` three ways: FGQ at ``group_size`` with 8-bit activations (first/last layers 8-bit),
+    calibrated on generated images and exported to a packed file that IntegerNet runs; the float
+    network; torch's FX static int8 quantization calibrated on the same images."""
     generator = torch.Generator().manual_seed(seed)
-    calibration = [torch.randn(64, *CIFAR_IMAGE, generator=generator) for _ in range(CALIBRATION_BATCHES)]
+    calibration = [torch.randn(images, *image, generator=generator) for images in calibration_sizes]
     quantized = quantize_model(copy.deepcopy(fp32), QuantConfig(group_size=group_size, act_bits=8))
     calibrate_activations(quantized, [(images, None) for images in calibration])
     net = IntegerNet(_in_memory(quantized))
-    images = torch.randn(batch, *CIFAR_IMAGE, generator=generator)
+    images = torch.randn(batch, *image, generator=generator)
     images_numpy = images.numpy()
-    potential = count_ops(quantized, CIFAR_IMAGE).potential_speedup
-    workload = Workload(f"cifar_resnet{depth}", "network", f"{weights}, 3x32x32 images", batch, group_size, potential, {
+    potential = count_ops(quantized, image).potential_speedup
+    workload = Workload(name, kind, shape, batch, group_size, potential, {
         NUMBA: lambda: net(images_numpy),
         FP32: lambda: fp32(images),
     })
