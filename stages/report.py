@@ -7,7 +7,8 @@ from fgq_pipeline.runner import run_stage
 
 def report(cfg, log) -> dict:
     records = read_json(cfg.paths.ptq_results) + read_json(cfg.paths.finetune_results)
-    for path in write_report(records, resolve_path(cfg.paths.reports)).values():
+    verified = read_json(cfg.paths.verify_results)
+    for path in write_report(records, resolve_path(cfg.paths.reports), verified).values():
         log.log_artifact(path)
     return {"rows": len(records)}
 

@@ -17,6 +17,7 @@ from .frame import RESULT_COLUMNS, VARIANT_KEYS, results_frame, write_results_cs
 from .panels import Panel, choose_panels
 from .plots import plot_top1_vs_group_size, plot_top1_vs_mult_eliminated
 from .tables import EFFECTIVE_GROUP_NOTE, headline_markdown, paper_table_markdown
+from .verified import attach_verification, verified_markdown
 
 __all__ = [
     "EFFECTIVE_GROUP_NOTE",
@@ -24,12 +25,14 @@ __all__ = [
     "RESULT_COLUMNS",
     "VARIANT_KEYS",
     "Panel",
+    "attach_verification",
     "choose_panels",
     "headline_markdown",
     "paper_table_markdown",
     "plot_top1_vs_group_size",
     "plot_top1_vs_mult_eliminated",
     "results_frame",
+    "verified_markdown",
     "write_report",
     "write_results_csv",
 ]
@@ -42,7 +45,7 @@ REPORT_FILE_NAMES = (
 )
 
 
-def _results_markdown(frame: pd.DataFrame) -> str:
+def _results_markdown(frame: pd.DataFrame, verified: list[dict]) -> str:
     return "\n".join(
         [
             "# FGQ results",
@@ -51,6 +54,7 @@ def _results_markdown(frame: pd.DataFrame) -> str:
             "do not edit by hand.",
             "",
             headline_markdown(frame),
+            *([verified_markdown(verified)] if verified else []),
             "## Tables",
             "",
             paper_table_markdown(frame),
@@ -64,15 +68,19 @@ def _results_markdown(frame: pd.DataFrame) -> str:
     )
 
 
-def write_report(records: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the CSV, markdown tables and both plots; return their paths keyed by file name."""
+def write_report(records: list[dict], out_dir: str | os.PathLike, verified: list[dict] = ()) -> dict[str, Path]:
+    """Write the CSV, markdown tables and both plots; return their paths keyed by file name.
+
+    ``verified``: the verify stage's records, as columns of the rows they verify and a table.
+    """
     if not records:
         raise ValueError("no result records to report")
-    frame = results_frame(records)
+    verified = list(verified)
+    frame = results_frame(attach_verification(records, verified))
     directory = Path(out_dir)
     paths = {name: directory / name for name in REPORT_FILE_NAMES}
     write_results_csv(frame, paths["results.csv"])
-    write_text_atomically(paths["results.md"], _results_markdown(frame))
+    write_text_atomically(paths["results.md"], _results_markdown(frame, verified))
     plot_top1_vs_group_size(frame, paths["top1_vs_group_size.png"])
     plot_top1_vs_mult_eliminated(frame, paths["top1_vs_mult_eliminated.png"])
     return paths
