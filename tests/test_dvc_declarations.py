@@ -170,6 +170,7 @@ def test_dvc_yaml_declares_exactly_the_params_and_code_each_stage_uses(smoke_pro
     ("evaluate", "deps", "src/fgq_pipeline/quant"),
     ("ptq", "deps", "src/fgq_pipeline/tasks/ptq_grid.py"),
     ("bench", "deps", "src/fgq_pipeline/kernels"),
+    ("export", "params", "export.scale_dtypes"),
 ])
 def test_a_dvc_yaml_without_a_param_or_code_dep_fails_the_check(smoke_project, stage, kind, entry):
     root, _ = smoke_project

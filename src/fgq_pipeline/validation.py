@@ -18,13 +18,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 EXIT_USER_ERROR = 2
 OUTPUT_PATHS = ("data_manifest", "fp32_weights", "fp32_metrics", "ptq_results", "ptq_metrics", "finetuned_weights",
                 "finetune_checkpoints", "finetune_results", "finetune_metrics", "reports", "cost_tables",
-                "bench_reports", "bench_metrics")
+                "bench_reports", "bench_metrics", "exports", "export_metrics")
 T = TypeVar("T")
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Every quantization setting the run can reach, the calibration and fine-tune settings, and
     that every output location can be written."""
+    from .tasks.export_settings import check_export_settings
     from .tasks.ptq_grid import (  # the method's checks, with torch
         finetune_quant_config,
         ptq_grid,
@@ -37,6 +38,8 @@ def validate_config(cfg: DictConfig) -> None:
     if "finetune" in cfg:
         finetune_quant_config(cfg)
         _positive_int("finetune.epochs", cfg.finetune.epochs)
+    if "export" in cfg:
+        check_export_settings(cfg.export)
     if "calibration" in cfg:
         _positive_int("calibration.num_images", cfg.calibration.num_images,
                       hint="calibration needs at least one training image")

@@ -1,1 +1,1 @@
-"""Hydra apps over the task functions: `fgq-train`, `fgq-ptq`, `fgq-finetune` (multirun-ready)."""
+"""Hydra apps over the task functions: `fgq-train`, `fgq-ptq`, `fgq-finetune`, `fgq-export` (multirun-ready)."""
