@@ -128,7 +128,8 @@ def test_fgq_export_writes_a_file_integer_net_runs_and_prints_its_size(trained_d
 def test_export_stage_records_every_model_and_scale_dtype_as_written(smoke_project, monkeypatch):
     root, _ = smoke_project
     params = OmegaConf.load(root / "params.yaml")
-    records = json.loads((root / params.paths.export_metrics).read_text())[RECORDS_KEY]
+    metrics = json.loads((root / params.paths.export_metrics).read_text())
+    records = metrics[RECORDS_KEY]
     exports = root / params.paths.exports
     assert [(r["model"], r["scale_dtype"]) for r in records] == [
         (model, dtype) for model in params.export.models for dtype in params.export.scale_dtypes]
@@ -137,6 +138,7 @@ def test_export_stage_records_every_model_and_scale_dtype_as_written(smoke_proje
         assert record["file_bytes"] == (root / record["path"]).stat().st_size
     by_file = {(r["model"], r["scale_dtype"]): r for r in records}
     assert by_file["ptq", "fp16"]["bits_per_weight"] < by_file["ptq", "fp32"]["bits_per_weight"]
+    assert metrics["ptq.fp16.bits_per_weight"] == by_file["ptq", "fp16"]["bits_per_weight"]
     assert (by_file["ptq", "fp32"]["group_size"], by_file["finetuned", "fp32"]["group_size"]) == (
         params.quant.group_size, params.finetune.group_size)
     assert sorted(p.name for p in exports.iterdir()) == sorted([PTQ_WEIGHTS, *(f"{m}-{d}.fgq" for m, d in by_file)])

@@ -51,15 +51,16 @@ def source_quant_config(cfg: DictConfig, source: str) -> QuantConfig:
 def export_all(cfg: DictConfig, log: RunLog, out_dir: str | Path) -> dict:
     """The stage: every model of ``export.models`` at every scale dtype of ``export.scale_dtypes``.
 
-    Returns the records under ``exports``; each file's bytes and bits per weight also go to ``log``
-    as ``<model>.<scale_dtype>.<measure>``.
+    Returns the records under ``exports``, and each file's bytes and bits per weight again as flat
+    ``<model>.<scale_dtype>.<measure>`` numbers: those the runner logs to MLflow and ``dvc metrics
+    show`` lists (both skip lists).
     """
     sources, scale_dtypes = list(cfg.export.models), list(cfg.export.scale_dtypes)
     for source in sources:  # all refusals before the first model is built
         check_exportable(source_quant_config(cfg, source), source)
     records = [record for source in sources for record in export_source(cfg, source, scale_dtypes, out_dir)]
-    log.log_metrics({f"{r['model']}.{r['scale_dtype']}.{measure}": r[measure] for r in records for measure in MEASURES})
-    return {RECORDS_KEY: records}
+    return {RECORDS_KEY: records,
+            **{f"{r['model']}.{r['scale_dtype']}.{measure}": r[measure] for r in records for measure in MEASURES}}
 
 
 def export_one(cfg: DictConfig, log: RunLog, out_dir: str | Path) -> dict:
