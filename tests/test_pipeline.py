@@ -72,7 +72,8 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
     assert "up to date" in status.stdout
     finished = runs(root / "store.db", "fgq-digits")
     stages = {run.data.tags["stage"] for run in finished}
-    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "export", "report", "cost_table", "bench"}
+    assert stages == {"prepare", "baseline", "ptq", "finetune", "evaluate", "export", "verify", "report", "cost_table",
+                      "bench"}
     assert all(run.info.status == "FINISHED" for run in finished)
     ptq_children = [r for r in finished if r.data.tags["stage"] == "ptq" and "mlflow.parentRunId" in r.data.tags]
     reports = root / OmegaConf.load(root / "params.yaml").paths.reports
@@ -83,14 +84,15 @@ def test_dvc_status_is_clean_after_repro_and_every_stage_is_a_finished_mlflow_ru
 @ON_SMOKE_PROJECT
 def test_dvc_repro_of_every_stage_again_gives_byte_identical_metrics(smoke_project):
     """Seeds and deterministic algorithms: rerunning the stages (DVC deletes the outputs first)
-    writes the same bytes. metrics/bench.json is left out: it holds timings; metrics/export.json too, as
-    the export stage is not forced again (one more process start for the suite)."""
+    writes the same bytes. metrics/bench.json is left out: it holds timings; the export and verify
+    metrics too, as those stages are not forced again (two more process starts for the suite; verify's
+    records hold the integer path's images/s)."""
     root, env = smoke_project
     reports = root / OmegaConf.load(root / "params.yaml").paths.reports
 
     def outputs() -> dict[str, bytes]:
         files = [*(root / "metrics").glob("*.json"), *(root / "results").glob("*.json"), reports / "results.csv"]
-        return {str(p.relative_to(root)): p.read_bytes() for p in files if p.name not in ("bench.json", "export.json")}
+        return {str(p.relative_to(root)): p.read_bytes() for p in files if p.name not in ("bench.json", "export.json", "verify.json")}
 
     first = outputs()
     assert len(first) >= 6

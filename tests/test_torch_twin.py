@@ -9,7 +9,7 @@ from fgq_pipeline.kernels import IntegerNet, export_packed
 from fgq_pipeline.kernels.torch_twin import exact_model, torch_twin
 from fgq_pipeline.models import CifarResNet, DigitsCNN
 from fgq_pipeline.quant import QuantConfig, post_training_quantize, quantize_model
-from fgq_pipeline.train import score
+from fgq_pipeline.tasks.scoring import score
 
 IMAGES = 70  # a batched block of 64 rows and a remainder on the row path, for the dense layers too
 # The twin runs N=4 as one fp32 pass per group (about 40x the integer path's time on the CPU), so the

@@ -13,10 +13,11 @@ from ..project import resolve_path
 from ..quant import quantize_model
 from ..seeding import seed_everything
 from ..tracking import RunLog
-from ..train import ClassifierModule, evaluate, fit, score
+from ..train import ClassifierModule, evaluate, fit
 from .ptq import PostTrainingQuantizer
 from .ptq_grid import finetune_quant_config
 from .records import result_record
+from .scoring import score
 
 
 def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path) -> dict:

@@ -18,9 +18,10 @@ from ..quant import (
 )
 from ..seeding import seed_everything
 from ..tracking import RunLog
-from ..train import evaluate, score
+from ..train import evaluate
 from .ptq_grid import ptq_grid, quant_config
 from .records import result_record, run_name
+from .scoring import score
 
 ACTIVATION_FIELDS = ("act_bits", "act_calibration", "act_percentile", "power_of_two_scale")
 

@@ -1,10 +1,4 @@
-"""Top-1/top-5 accuracy of a classifier over a loader, the number every experiment reports.
-
-A quantized model is scored in the arithmetic its exported file runs (:func:`fgq_pipeline.kernels.
-torch_twin.exact_model`: the Numba integer path on the CPU, its torch twin on an accelerator; the verify
-stage shows they agree bit for bit), so the integer path reproduces every reported accuracy. Only a model the integer path cannot run (float activations, per-filter or per-layer scales)
-is scored in the fake-quant model's float arithmetic; the record says which.
-"""
+"""Top-1/top-5 accuracy of a classifier over a loader, the number every experiment reports."""
 
 from __future__ import annotations
 
@@ -14,7 +8,6 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
-from ..kernels.torch_twin import exact_model
 from ..modes import eval_mode
 
 PROGRESS_BAR_MIN_BATCHES = 20
@@ -42,16 +35,6 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> dict[str
         "top5": float(top5.compute()),
         "num_images": num_images,
     }
-
-
-def score(model: nn.Module, loader: DataLoader, num_classes: int) -> dict[str, float | int | str]:
-    """Accuracy of a quantized model as the pipeline reports it; ``arithmetic``: "integer" or "float"."""
-    with eval_mode(model):
-        try:
-            scorer, arithmetic = exact_model(model), "integer"
-        except ValueError:  # the integer path cannot run this configuration: float fake-quant it is
-            scorer, arithmetic = model, "float"
-    return evaluate(scorer, loader, num_classes) | {"arithmetic": arithmetic}
 
 
 def _batches(loader: DataLoader):
