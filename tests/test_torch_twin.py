@@ -82,3 +82,20 @@ def test_exact_model_on_the_cpu_is_the_integer_path():
     model = post_training_quantize(quantize_model(DigitsCNN().eval(), config), config,
                                    [(torch.randn(16, 1, 8, 8), None)])
     assert isinstance(exact_model(model).net, IntegerNet)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["alexnet", "resnet50"])
+def test_imagenet_scale_networks_at_224_are_bit_identical(tmp_path, arch):
+    """The paper's networks at their own input size (random weights, calibrated on generated images: no
+    pretrained weights are reachable offline): twin and integer path give the same logits."""
+    import torchvision
+
+    torch.manual_seed(0)
+    config = QuantConfig(group_size=4, act_bits=8)
+    model = quantize_model(torchvision.models.get_model(arch, weights=None).eval(), config)
+    model = post_training_quantize(model, config, [(torch.randn(4, 3, 224, 224), None) for _ in range(2)]).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        twin = torch_twin(model)(images).numpy()
+    assert np.array_equal(twin, IntegerNet.load(export_packed(model, tmp_path / f"{arch}.fgq"))(images.numpy()))
