@@ -62,6 +62,7 @@ CONFIG_ROWS = {
     "unknown export scale dtype": (["export.scale_dtype=fp64"],
                                    "export.scale_dtype must be one of ('fp32', 'fp16', 'int8'), got 'fp64'"),
     "unknown export source": (["export.source=fp32"], "export.source must be one of ('ptq', 'finetuned'), got 'fp32'"),
+    "unknown device": (["device=gpu"], "device must be auto, cpu, cuda or cuda:<index>, got 'gpu'"),
     "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
 }
 DATA_ROWS = {

@@ -9,12 +9,20 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import ON_SMOKE_PROJECT, ON_TRAINED_DIGITS, cli, runs
+from conftest import (
+    CIFAR10,
+    ON_SMOKE_PROJECT,
+    ON_TRAINED_DIGITS,
+    cli,
+    needs_shared,
+    runs,
+)
 from omegaconf import OmegaConf
 
 from fgq_pipeline.builders import build_datamodule
 from fgq_pipeline.kernels import IntegerNet
-from fgq_pipeline.models import DigitsCNN, save_weights
+from fgq_pipeline.kernels.torch_twin import torch_twin
+from fgq_pipeline.models import CifarResNet, DigitsCNN, save_weights
 from fgq_pipeline.params import compose_config
 from fgq_pipeline.quant import ActQuantizer, post_training_quantize, quantize_model
 from fgq_pipeline.runner import run_job
@@ -136,6 +144,8 @@ def test_export_stage_records_every_model_and_scale_dtype_as_written(smoke_proje
     for record in records:
         assert record["path"] == str(packed_path(params.paths.exports, record["model"], record["scale_dtype"]))
         assert record["file_bytes"] == (root / record["path"]).stat().st_size
+        assert record["weights"] == (f"{params.paths.exports}/{PTQ_WEIGHTS}" if record["model"] == "ptq"
+                                     else params.paths.finetuned_weights)
     by_file = {(r["model"], r["scale_dtype"]): r for r in records}
     assert by_file["ptq", "fp16"]["bits_per_weight"] < by_file["ptq", "fp32"]["bits_per_weight"]
     assert metrics["ptq.fp16.bits_per_weight"] == by_file["ptq", "fp16"]["bits_per_weight"]
@@ -152,3 +162,31 @@ def test_export_stage_records_every_model_and_scale_dtype_as_written(smoke_proje
 
     (run,) = [r for r in runs(root / "store.db", "fgq-digits") if r.data.tags["stage"] == "export"]
     assert run.data.metrics["finetuned.fp16.file_bytes"] == by_file["finetuned", "fp16"]["file_bytes"]
+
+
+@pytest.mark.slow
+@needs_shared
+def test_fgq_export_runs_a_cifar_resnet_depth_and_checkpoint_it_never_saw(tmp_path):
+    """ResNet-44 (6n+2, n=7: no test builds it elsewhere), saved as the published CIFAR checkpoints are
+    (a DataParallel ``state_dict`` in a .th file), through the app a user runs, with no code for that
+    depth: the file IntegerNet loads gives, logit for logit, what the pipeline scores."""
+    torch.manual_seed(0)
+    source = CifarResNet(depth=44).train()
+    source(torch.randn(8, 3, 32, 32))  # BatchNorm statistics off their defaults, as a trained model's are
+    checkpoint = tmp_path / "resnet44.th"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, checkpoint)
+    overrides = ["data=cifar10", f"data.root={CIFAR10}", "data.subset_train=256", "data.subset_test=64",
+                 "calibration.num_images=128", "model=cifar_resnet", "model.depth=44", f"model.checkpoint={checkpoint}"]
+    run_dir = tmp_path / "export"
+    result = subprocess.run(cli("fgq-export") + overrides + [f"hydra.run.dir={run_dir}"], capture_output=True,
+                            text=True, check=False,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'store.db'}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ((_, group_size, act_bits, _, _, _, path),) = PRINTED.findall(result.stdout)
+    assert (group_size, act_bits) == ("4", "8")
+
+    cfg = compose_config(overrides)
+    images, _ = next(iter(build_datamodule(cfg).test_dataloader()))
+    scored = saved_quantized_model(cfg, "ptq", run_dir / PTQ_WEIGHTS)
+    with torch.no_grad():
+        np.testing.assert_array_equal(IntegerNet.load(path)(images.numpy()), torch_twin(scored)(images).numpy())

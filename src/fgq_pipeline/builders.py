@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .devices import resolve_device
 from .models import load_weights
 from .project import resolve_path
 
@@ -31,7 +32,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Module:
-    """The FP32 model from ``cfg.model``, with its weights loaded unless told otherwise.
+    """The FP32 model from ``cfg.model``, with its weights loaded unless told otherwise, on ``cfg.device``
+    (quantization, calibration and evaluation follow it there).
 
     A torchvision model with ``model.weights`` and no ``model.checkpoint`` comes pretrained.
     """
@@ -39,7 +41,7 @@ def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Modul
     pretrained_by_torchvision = cfg.model.get("weights") and not cfg.model.get("checkpoint")
     if load_checkpoint and not pretrained_by_torchvision:
         load_weights(model, fp32_weights_path(cfg))
-    return model.eval()
+    return model.to(resolve_device(cfg.device)).eval()
 
 
 def fp32_weights_path(cfg: DictConfig) -> Path:

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from omegaconf import DictConfig
 
+from .devices import resolve_device
 from .project import resolve_path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -33,6 +34,8 @@ def validate_config(cfg: DictConfig) -> None:
     )
 
     quant_config(cfg)
+    if "device" in cfg:
+        resolve_device(cfg.device)
     if "ptq" in cfg:
         ptq_grid(cfg)
     if "finetune" in cfg:

@@ -11,10 +11,14 @@ the verify stage runs both over whole test sets to show that they agree bit for 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import model_device
 from .codes import unpack_codes
 from .export import pack_model
 from .graph import validate_graph
@@ -29,14 +33,14 @@ def torch_twin(model: nn.Module, scale_dtype: str = "fp32") -> TorchTwin:
     """The twin of ``model`` (after quantize_model and calibration) with scales stored as ``scale_dtype``,
     on the model's device. ValueError, naming the node or layer, where the integer path cannot run
     the model (see :func:`.export_packed`)."""
-    return TorchTwin(pack_model(model, scale_dtype)).to(_device(model))
+    return TorchTwin(pack_model(model, scale_dtype)).to(model_device(model))
 
 
 def exact_model(model: nn.Module, scale_dtype: str = "fp32") -> nn.Module:
     """``model``'s integer-exact arithmetic as a torch module: on the CPU the Numba integer path
     itself (the fastest exact evaluator there), elsewhere the torch twin. Both give the same bits."""
     packed = pack_model(model, scale_dtype)
-    device = _device(model)
+    device = model_device(model)
     return IntegerNetModule(IntegerNet(packed)) if device.type == "cpu" else TorchTwin(packed).to(device)
 
 
@@ -61,9 +65,10 @@ class TorchTwin(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         values = {}
-        for node in self.graph:
-            inputs = [values[name] for name in node["inputs"]]
-            values[node["output"]] = images.float() if node["op"] == "input" else self._run(node, inputs)
+        with ieee_float32():
+            for node in self.graph:
+                inputs = [values[name] for name in node["inputs"]]
+                values[node["output"]] = images.float() if node["op"] == "input" else self._run(node, inputs)
         return values[self.graph[-1]["output"]]
 
     def _run(self, node: dict, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -87,7 +92,8 @@ class TorchTwin(nn.Module):
 
 
 class TwinLayer(nn.Module):
-    """One packed layer: dense integer weights [K, positions, C], fp32 scales [K, groups], fp32 bias."""
+    """One packed layer: integer weights [K, positions, groups, N] (input channels zero-padded to whole
+    groups), fp32 scales [K, positions x groups], fp32 bias."""
 
     def __init__(self, layer: PackedLayer):
         super().__init__()
@@ -95,13 +101,17 @@ class TwinLayer(nn.Module):
         self.kernel_size, self.stride = layer.kernel_size, layer.stride or (1, 1)
         self.padding, self.dilation = layer.padding or (0, 0), layer.dilation or (1, 1)
         channels = layer.in_channels
-        self.group_size = layer.group_size if self.ternary else channels * layer.kernel_positions
+        group_size = min(layer.group_size, channels) if self.ternary else channels
+        groups = -(-channels // group_size)
+        self.channel_pad = groups * group_size - channels
         self.qmin, self.qmax = layer.activation.integer_range
         dense = _dense_weights(layer).reshape(layer.out_channels, layer.kernel_positions, channels)
         # Sums that could pass 2^24 are formed in float64 (exact), then rounded once, as int32 -> fp32 is.
-        bound = self.group_size * int(abs(dense).max()) * layer.activation.max_magnitude
+        reduction = group_size if self.ternary else channels * layer.kernel_positions
+        bound = reduction * int(abs(dense).max()) * layer.activation.max_magnitude
         self.sum_dtype = torch.float32 if bound < FP32_EXACT_INTEGERS else torch.float64
-        self.register_buffer("weights", torch.from_numpy(dense).to(self.sum_dtype))
+        weights = F.pad(torch.from_numpy(dense).to(self.sum_dtype), (0, self.channel_pad))
+        self.register_buffer("weights", weights.view(*dense.shape[:2], groups, group_size))
         self.register_buffer("scales", torch.from_numpy(layer.fp32_scales.copy()))
         self.register_buffer("bias", torch.from_numpy(layer.bias.copy()))
         self.register_buffer("act_scale", torch.tensor(layer.activation.scale, dtype=torch.float32))
@@ -109,14 +119,14 @@ class TwinLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         integers = torch.clamp(torch.round(x / self.act_scale), self.qmin, self.qmax).to(self.sum_dtype)
         if self.kind == "linear":
-            return self._epilogue(self._accumulate(self._group_sums(integers, 0), 0))
+            return self._epilogue(self._accumulate(self._group_sums(F.pad(integers, (0, self.channel_pad)), 0), 0))
         if not self.ternary:  # one group spanning the filter: the whole convolution is the group sum
-            weight = self.weights.permute(0, 2, 1).reshape(self.weights.shape[0], -1, *self.kernel_size)
+            weight = self.weights[:, :, 0].permute(0, 2, 1).reshape(self.weights.shape[0], -1, *self.kernel_size)
             sums = F.conv2d(integers, weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
             return self._epilogue(self._accumulate(sums.permute(0, 2, 3, 1).unsqueeze(0), 0))
         # channels last from here: a group's sums and scales run along the contiguous output channels
         (pad_h, pad_w), (dil_h, dil_w), (step_h, step_w) = self.padding, self.dilation, self.stride
-        padded = F.pad(integers.permute(0, 2, 3, 1), (0, 0, pad_w, pad_w, pad_h, pad_h))
+        padded = F.pad(integers.permute(0, 2, 3, 1), (0, self.channel_pad, pad_w, pad_w, pad_h, pad_h))
         out_h = (padded.shape[1] - dil_h * (self.kernel_size[0] - 1) - 1) // step_h + 1
         out_w = (padded.shape[2] - dil_w * (self.kernel_size[1] - 1) - 1) // step_w + 1
         acc = None
@@ -128,12 +138,11 @@ class TwinLayer(nn.Module):
         return self._epilogue(acc)
 
     def _group_sums(self, integers: torch.Tensor, position: int) -> torch.Tensor:
-        """Exact sums of each group of input channels (the last dim) at one kernel position: [G, ..., K]."""
-        channels, size = self.weights.shape[2], min(self.group_size, self.weights.shape[2])
-        groups = -(-channels // size)
-        weights = F.pad(self.weights[:, position], (0, groups * size - channels)).view(-1, groups, size)
-        x = F.pad(integers, (0, groups * size - channels))
-        return torch.einsum("...gn,kgn->g...k", x.reshape(*x.shape[:-1], groups, size), weights)
+        """Exact sums of each group of input channels (the last dim, padded to whole groups) at one
+        kernel position: [G, ..., K]."""
+        groups, size = self.weights.shape[2:]
+        grouped = integers.reshape(*integers.shape[:-1], groups, size)
+        return torch.einsum("...gn,kgn->g...k", grouped, self.weights[:, position])
 
     def _accumulate(self, sums: torch.Tensor, position: int, acc: torch.Tensor | None = None) -> torch.Tensor:
         """acc + each group's fl(S_g * alpha_g), one fp32 addition per group in the kernels' order."""
@@ -198,5 +207,16 @@ def _key(name: str) -> str:
     return name.replace(".", "/")  # ModuleDict keys may not contain dots
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Full fp32 in cuBLAS and cuDNN inside the block: their TF32 mode (cuDNN's default for
+    convolutions) would round the integer operands of a group sum to 10-bit mantissas."""
+    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [setting.fp32_precision for setting in settings]
+    for setting in settings:
+        setting.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for setting, precision in zip(settings, saved):
+            setting.fp32_precision = precision

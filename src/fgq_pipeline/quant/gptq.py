@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import model_device
 from ..modes import eval_mode
 from .modules import QuantConv2d
 from .surgery import quant_layers
@@ -52,8 +53,9 @@ def _layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _input_hessian(model: nn.Module, layer: nn.Module, batches: Iterable) -> torch.Tensor:
-    hessian = torch.zeros(layer.weight[0].numel(), layer.weight[0].numel(), dtype=torch.float64)
-    count = 0
+    size = layer.weight[0].numel()
+    hessian = torch.zeros(size, size, dtype=torch.float64, device=layer.weight.device)
+    device, count = model_device(model), 0
 
     def capture(_module, args):
         nonlocal hessian, count
@@ -67,7 +69,7 @@ def _input_hessian(model: nn.Module, layer: nn.Module, batches: Iterable) -> tor
         with eval_mode(model):
             for batch in batches:
                 try:
-                    model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+                    model((batch[0] if isinstance(batch, (list, tuple)) else batch).to(device))
                 except _InputsCaptured:
                     pass
     finally:
@@ -112,7 +114,7 @@ def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: G
     starts = dict(_group_starts(weight.shape, group_size))
     for block in range(0, w.shape[1], BLOCK_COLUMNS):
         end = min(block + BLOCK_COLUMNS, w.shape[1])
-        errors = torch.zeros(w.shape[0], end - block)
+        errors = torch.zeros(w.shape[0], end - block, device=w.device)
         for j in range(block, end):
             if j in starts:
                 scales.fit(w[:, j:j + starts[j]])

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..devices import model_device
 from ..modes import eval_mode
 from .modules import QUANT_LAYERS, WeightFormat, shapes_only
 from .ternary import effective_group_size, groups_per_filter
@@ -89,7 +90,7 @@ def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_bits: int = 
     hooks = [m.register_forward_hook(lambda mod, _i, out: outputs.__setitem__(mod, out.shape)) for _, m in layers]
     try:
         with torch.no_grad(), shapes_only(), eval_mode(model):
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=model_device(model)))
     finally:
         for hook in hooks:
             hook.remove()

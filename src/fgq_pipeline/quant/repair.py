@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import model_device
 from ..modes import eval_mode
 from .activation import ActQuantizer
 from .config import QuantConfig
@@ -46,11 +47,12 @@ def repair_weights(model: nn.Module, config: QuantConfig, calibration_batches: I
     return model
 
 
-def _inputs(batches: Iterable) -> Iterable[torch.Tensor]:
-    count = 0
+def _inputs(batches: Iterable, model: nn.Module) -> Iterable[torch.Tensor]:
+    """The images of ``batches``, on ``model``'s device."""
+    device, count = model_device(model), 0
     for batch in batches:
         count += 1
-        yield batch[0] if isinstance(batch, (list, tuple)) else batch
+        yield (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
     if count == 0:
         raise ValueError("the calibration set is empty: give it at least one batch of images")
 
@@ -67,7 +69,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> None:
         bn.momentum = None  # cumulative average
     try:
         with eval_mode(model, train=norms):
-            for x in _inputs(batches):
+            for x in _inputs(batches, model):
                 model(x)
     finally:
         for bn, momentum in zip(norms, momenta):
@@ -102,7 +104,7 @@ def correct_bias(model: nn.Module, batches: Iterable, float_weights: dict[nn.Mod
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
         with eval_mode(model):
-            for x in _inputs(batches):
+            for x in _inputs(batches, model):
                 model(x)
     finally:
         for handle in handles:
@@ -120,7 +122,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable) -> None:
     with eval_mode(model):
         for q in quantizers:
             q.start_calibration()
-        for x in _inputs(batches):
+        for x in _inputs(batches, model):
             model(x)
         for q in quantizers:
             q.finish_calibration()

@@ -84,14 +84,16 @@ def export_source(cfg: DictConfig, source: str, scale_dtypes: list[str], out_dir
     """
     quant = source_quant_config(cfg, source)
     if weights is not None:
-        model = saved_quantized_model(cfg, source, resolve_path(weights))
+        weights = resolve_path(weights)
+        model = saved_quantized_model(cfg, source, weights)
     elif source == "ptq":
-        model = calibrated_ptq_model(cfg)
+        model, weights = calibrated_ptq_model(cfg), Path(out_dir) / PTQ_WEIGHTS
         # one metadata key: safetensors writes several in a random order, and a DVC output should be byte-stable
-        save_weights(model, Path(out_dir) / PTQ_WEIGHTS, metadata={QUANT_METADATA: json.dumps(quant.to_dict())})
+        save_weights(model, weights, metadata={QUANT_METADATA: json.dumps(quant.to_dict())})
     else:
-        model = saved_quantized_model(cfg, source, resolve_path(cfg.paths.finetuned_weights))
-    return [export_file(model, source, quant, scale_dtype, out_dir)
+        weights = resolve_path(cfg.paths.finetuned_weights)
+        model = saved_quantized_model(cfg, source, weights)
+    return [export_file(model, source, quant, scale_dtype, out_dir) | {"weights": _project_relative(weights)}
             for scale_dtype in tqdm(scale_dtypes, desc=f"export {source}", unit="file", mininterval=2.0)]
 
 

@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ..builders import build_datamodule
+from ..devices import model_device
 from ..kernels import IntegerNet
 from ..kernels.torch_twin import torch_twin
 from ..modes import eval_mode
 from ..project import read_json, resolve_path
 from ..seeding import seed_everything
-from .export import PTQ_WEIGHTS, RECORDS_KEY, saved_quantized_model, source_quant_config
+from .export import RECORDS_KEY, saved_quantized_model, source_quant_config
 
 MEASURES = ("integer_top1", "scored_top1", "float_top1", "logit_mismatches", "top1_agreement",
             "max_logit_difference", "integer_images_per_s")
@@ -42,14 +43,13 @@ def verify_metrics(records: list[dict]) -> dict:
 
 def verify_file(cfg: DictConfig, export: dict, datamodule) -> dict:
     source = export["model"]
-    weights = resolve_path(cfg.paths.exports) / PTQ_WEIGHTS if source == "ptq" else resolve_path(
-        cfg.paths.finetuned_weights)
-    model = saved_quantized_model(cfg, source, weights)
+    model = saved_quantized_model(cfg, source, resolve_path(export["weights"]))
     net = IntegerNet.load(resolve_path(export["path"]))
     counts = {"images": 0, "integer": 0, "scored": 0, "float": 0, "agree": 0, "mismatches": 0}
     max_difference, integer_seconds = 0.0, 0.0
     loader = datamodule.test_dataloader()
     net(next(iter(loader))[0].numpy())  # load the compiled kernels before the clock starts
+    device = model_device(model)
     with eval_mode(model), torch.inference_mode():
         twin = torch_twin(model, export["scale_dtype"])
         for images, labels in tqdm(loader, desc=f"verify {source} {export['scale_dtype']}",
@@ -57,7 +57,8 @@ def verify_file(cfg: DictConfig, export: dict, datamodule) -> dict:
             start = time.perf_counter()
             integer = net(images.numpy())
             integer_seconds += time.perf_counter() - start
-            scored, fake_quant = twin(images).numpy(), model(images).numpy()
+            on_device = images.to(device)
+            scored, fake_quant = twin(on_device).cpu().numpy(), model(on_device).cpu().numpy()
             truth = labels.numpy()
             counts["images"] += len(truth)
             counts["integer"] += int((integer.argmax(1) == truth).sum())

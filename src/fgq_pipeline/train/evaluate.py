@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
+from ..devices import model_device
 from ..modes import eval_mode
 
 PROGRESS_BAR_MIN_BATCHES = 20
@@ -15,7 +16,7 @@ PROGRESS_BAR_MIN_BATCHES = 20
 
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> dict[str, float | int]:
     """Accuracy in eval mode (batch-norm running stats), leaving the model's mode as it was."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     top1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro").to(device)
     top5 = MulticlassAccuracy(
         num_classes=num_classes, top_k=min(5, num_classes), average="micro"
