@@ -69,7 +69,7 @@ def test_score_reports_integer_arithmetic_where_the_integer_path_runs_the_model(
     for act_bits in (8, 32):
         config = QuantConfig(group_size=4, act_bits=act_bits)
         model = post_training_quantize(quantize_model(CifarResNet(depth=8).eval(), config), config, calibration)
-        results[act_bits] = score(model, loader, 10)
+        results[act_bits] = score(model, loader, 10, "fp32")
         if act_bits == 8:
             with torch.no_grad():
                 expected = exact_model(model)(images).argmax(1)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .atomic import write_text_atomically
 from .quant import QuantConfig, count_ops, paper_speedup, quantize_model
-from .quant.opcount import FLOAT_BITS, TERNARY_BITS
+from .quant.scale_storage import SCALE_BITS, ternary_storage_bits
 from .quant.ternary import GroupSize
 from .render import CSV_FLOAT_FORMAT, MISSING_CELL, markdown_table
 from .report import EFFECTIVE_GROUP_NOTE
@@ -45,7 +45,9 @@ INTRO = (
     "which assumes every layer ternary with full groups. Layers kept at 8 bits (the first conv and "
     "the last FC under `first_last_8bit`) count one 8-bit multiply per MAC and store 8 bits per "
     "weight plus one fp32 scale per output channel; the scale width of a column applies to the "
-    "ternary group scales. Per-filter and per-layer use one scale per whole filter or layer."
+    "ternary group scales (int8 scales are multiples of one fp32 scale per filter, counted too). "
+    "Codes are 2 bits with each filter's row padded to whole bytes, as the packed file stores them. "
+    "Per-filter and per-layer use one scale per whole filter or layer."
 )
 
 
@@ -93,8 +95,9 @@ def _layer_weight_bits(layer: dict, scale_bits: int) -> float:
     """
     if layer["kind"] != "ternary":
         return layer["weight_bits"]
-    num_scales = (layer["weight_bits"] - TERNARY_BITS * layer["weights"]) / FLOAT_BITS
-    return TERNARY_BITS * layer["weights"] + scale_bits * num_scales
+    filters, reduction = layer["filters"], layer["weights"] // layer["filters"]
+    num_scales = (layer["weight_bits"] - ternary_storage_bits(filters, reduction, 0, "fp32")) // SCALE_BITS["fp32"]
+    return ternary_storage_bits(filters, reduction, num_scales, SCALE_FORMATS[scale_bits])
 
 
 def bits_per_weight(layer_rows: list[dict], scale_bits: int) -> float:
@@ -112,7 +115,7 @@ def _cost_row(
     arch: str, policy: str, group_size: GroupSize, model: nn.Module,
     scale_bits: Sequence[int], input_shape: tuple[int, ...],
 ) -> dict:
-    ops = count_ops(model, input_shape, scale_bits=FLOAT_BITS)
+    ops = count_ops(model, input_shape, scale_dtype="fp32")
     summary = ops.summary()
     layer_rows = ops.rows()
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .activation import validate_act_bits, validate_calibration
+from .scale_storage import validate_scale_dtype
 from .ternary import GroupSize, validate_group_size, validate_solver
 
 POLICIES = ("first_last_8bit", "ternarize_all")
@@ -18,11 +19,14 @@ class QuantConfig:
     ``rounding`` "gptq" replaces per-group nearest rounding by error-compensating rounding
     (see :mod:`.gptq`). ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
     as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
-    in float. The two repairs are switches because each must be measured on and off.
+    in float. ``scale_dtype`` is how the group scales are stored (fp32, fp16, or int8 multiples of one
+    fp32 scale per filter), applied in the fake-quant model so accuracy is that of what is stored.
+    The two repairs are switches because each must be measured on and off.
     """
 
     group_size: GroupSize = 4
     solver: str = "exact"
+    scale_dtype: str = "fp32"
     rounding: str = "nearest"
     act_bits: int = 8
     act_calibration: str = "max"
@@ -35,6 +39,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         validate_group_size(self.group_size)
         validate_solver(self.solver)
+        validate_scale_dtype(self.scale_dtype)
         validate_act_bits(self.act_bits)
         validate_calibration(self.act_calibration, self.act_percentile)
         if self.rounding not in ROUNDINGS:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activation import ActQuantizer
+from .scale_storage import stored_scales, validate_scale_dtype
 from .ternary import (
     GroupSize,
     TernaryWeights,
@@ -47,6 +48,7 @@ class WeightFormat:
     kind: Literal["ternary", "int8", "float"] = "ternary"
     group_size: GroupSize = 4
     solver: str = "exact"
+    scale_dtype: str = "fp32"  # storage of the ternary group scales (see scale_storage)
 
     def __post_init__(self) -> None:
         if self.kind not in WEIGHT_KINDS:
@@ -54,6 +56,7 @@ class WeightFormat:
         if self.kind == "ternary":
             validate_group_size(self.group_size)
             validate_solver(self.solver)
+            validate_scale_dtype(self.scale_dtype)
 
 
 def quantize_int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
@@ -70,8 +73,17 @@ def quantize_weight(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
     if fmt.kind == "int8":
         quantized = quantize_int8_per_channel(weight)
     else:
-        quantized = ternarize(weight, fmt.group_size, fmt.solver).dequantize().to(weight.dtype)
+        quantized = stored_ternary(weight, fmt).dequantize().to(weight.dtype)
     return weight + (quantized - weight).detach()
+
+
+def stored_ternary(weight: torch.Tensor, fmt: WeightFormat) -> TernaryWeights:
+    """``weight``'s ternary codes with the scales as ``fmt.scale_dtype`` stores them."""
+    ternary = ternarize(weight, fmt.group_size, fmt.solver)
+    ternary.scales = stored_scales(ternary.scales, fmt.scale_dtype)
+    if ternary.neg_scales is not None:
+        ternary.neg_scales = stored_scales(ternary.neg_scales, fmt.scale_dtype)
+    return ternary
 
 
 class _QuantLayer:
@@ -99,10 +111,10 @@ class _QuantLayer:
         return self._cached_weight[1]
 
     def ternary_weights(self) -> TernaryWeights:
-        """Codes and scales of this layer (for export and the integer path)."""
+        """Codes and scales of this layer as stored (for export and the integer path)."""
         if self.weight_format.kind != "ternary":
             raise ValueError(f"layer weights are {self.weight_format.kind}, not ternary")
-        return ternarize(self.weight, self.weight_format.group_size, self.weight_format.solver)
+        return stored_ternary(self.weight, self.weight_format)
 
 
 class QuantConv2d(_QuantLayer, nn.Conv2d):

@@ -15,13 +15,13 @@ from torch import nn
 from ..devices import model_device
 from ..modes import eval_mode
 from .modules import QUANT_LAYERS, WeightFormat, shapes_only
+from .scale_storage import ternary_storage_bits
 from .ternary import effective_group_size, groups_per_filter
 
 INT8_MULTIPLY_COST = 1 / 4
 TERNARY_ADD_COST = 1 / 16
 FLOAT_BITS = 32
 INT8_BITS = 8
-TERNARY_BITS = 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class LayerOps:
     name: str
     kind: str
     effective_group_size: int
+    filters: int
     macs: int
     multiplications: int
     additions: int
@@ -79,11 +80,11 @@ def paper_speedup(group_size: int) -> float:
     return 1.0 / ((1.0 / group_size) * INT8_MULTIPLY_COST + (1.0 - 1.0 / group_size) * TERNARY_ADD_COST)
 
 
-def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_bits: int = FLOAT_BITS) -> NetworkOps:
+def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_dtype: str | None = None) -> NetworkOps:
     """Count per-image work of every Conv2d/Linear of ``model`` for one input of ``input_shape``.
 
-    Layers that are not fake-quant layers count as float. ``scale_bits`` is the storage of one
-    ternary group scale (32, 16 or 8).
+    Layers that are not fake-quant layers count as float. Ternary group scales are counted as each
+    layer stores them (its ``scale_dtype``), or all as ``scale_dtype`` when given.
     """
     outputs: dict[nn.Module, torch.Size] = {}
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -94,10 +95,10 @@ def count_ops(model: nn.Module, input_shape: tuple[int, ...], scale_bits: int = 
     finally:
         for hook in hooks:
             hook.remove()
-    return NetworkOps([_layer_ops(name, m, outputs[m], scale_bits) for name, m in layers if m in outputs])
+    return NetworkOps([_layer_ops(name, m, outputs[m], scale_dtype) for name, m in layers if m in outputs])
 
 
-def _layer_ops(name: str, layer: nn.Module, output_shape: torch.Size, scale_bits: int) -> LayerOps:
+def _layer_ops(name: str, layer: nn.Module, output_shape: torch.Size, scale_dtype: str | None) -> LayerOps:
     shape = layer.weight.shape
     fmt = layer.weight_format if isinstance(layer, QUANT_LAYERS) else WeightFormat("float")
     outputs = int(torch.Size(output_shape[1:]).numel())  # output values per image
@@ -107,13 +108,13 @@ def _layer_ops(name: str, layer: nn.Module, output_shape: torch.Size, scale_bits
     if fmt.kind != "ternary":
         bits = FLOAT_BITS * weights if fmt.kind == "float" else INT8_BITS * weights + FLOAT_BITS * shape[0]
         cost = macs * (1.0 if fmt.kind == "float" else INT8_MULTIPLY_COST)
-        return LayerOps(name, fmt.kind, 1, macs, macs, macs, weights, bits, cost)
+        return LayerOps(name, fmt.kind, 1, shape[0], macs, macs, macs, weights, bits, cost)
     scales_per_group = 2 if fmt.solver == "asymmetric" else 1
     groups = groups_per_filter(shape, fmt.group_size)
     multiplications = outputs * groups * scales_per_group
     num_scales = (1 if fmt.group_size == "layer" else shape[0] * groups) * scales_per_group
-    bits = TERNARY_BITS * weights + scale_bits * num_scales
+    bits = ternary_storage_bits(shape[0], reduction, num_scales, scale_dtype or fmt.scale_dtype)
     cost = multiplications * INT8_MULTIPLY_COST + (macs - min(multiplications, macs)) * TERNARY_ADD_COST
     return LayerOps(
-        name, "ternary", effective_group_size(shape, fmt.group_size), macs, multiplications, macs, weights, bits, cost
+        name, "ternary", effective_group_size(shape, fmt.group_size), shape[0], macs, multiplications, macs, weights, bits, cost
     )

@@ -23,7 +23,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
     first = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
     last = next((name for name, m in reversed(layers) if isinstance(m, nn.Linear)), None)
-    ternary = WeightFormat("ternary", config.group_size, config.solver)
+    ternary = WeightFormat("ternary", config.group_size, config.solver, config.scale_dtype)
     for name, module in layers:
         keep_8bit = config.policy == "first_last_8bit" and name in (first, last)
         fmt = WeightFormat("int8") if keep_8bit else ternary

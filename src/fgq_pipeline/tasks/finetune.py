@@ -34,7 +34,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     fp32_model = build_model(cfg)
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
     model = PostTrainingQuantizer(cfg, fp32_model, datamodule).model(quant)
-    before = score(model, datamodule.test_dataloader(), datamodule.num_classes)
+    before = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
     settings = cfg.finetune
     module = ClassifierModule(
         model, lr=settings.lr, epochs=settings.epochs, optimizer=settings.optimizer,
@@ -48,7 +48,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     save_weights(model, weights_path, metadata={"model": cfg.model.name})
-    after = score(model, datamodule.test_dataloader(), datamodule.num_classes)
+    after = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
     return {
         "fp32_top1": fp32_top1,
@@ -67,7 +67,7 @@ def evaluate_finetuned(cfg: DictConfig, fp32_top1: float, extra_training_fractio
     datamodule = build_datamodule(cfg)
     model = quantize_model(build_model(cfg, load_checkpoint=False), quant)
     load_weights(model, resolve_path(cfg.paths.finetuned_weights))
-    metrics = score(model, datamodule.test_dataloader(), datamodule.num_classes)
+    metrics = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
     record = result_record(cfg, quant, model, datamodule, metrics, fp32_top1, finetuned=True)
     record["extra_training_fraction"] = extra_training_fraction
     return record

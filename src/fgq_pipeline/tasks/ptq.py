@@ -52,7 +52,7 @@ class PostTrainingQuantizer:
 
     def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
         model = self.model(quant)
-        metrics = score(model, self.datamodule.test_dataloader(), self.datamodule.num_classes)
+        metrics = score(model, self.datamodule.test_dataloader(), self.datamodule.num_classes, quant.scale_dtype)
         return result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
 
 

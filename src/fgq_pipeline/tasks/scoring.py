@@ -17,11 +17,12 @@ from ..modes import eval_mode
 from ..train import evaluate
 
 
-def score(model: nn.Module, loader: DataLoader, num_classes: int) -> dict[str, float | int | str]:
-    """:func:`~fgq_pipeline.train.evaluate`'s metrics plus ``arithmetic``: "integer" or "float"."""
+def score(model: nn.Module, loader: DataLoader, num_classes: int, scale_dtype: str) -> dict[str, float | int | str]:
+    """:func:`~fgq_pipeline.train.evaluate`'s metrics plus ``arithmetic``: "integer" or "float"; the
+    model's group scales are packed as ``scale_dtype`` stores them (its ``quant.scale_dtype``)."""
     with eval_mode(model):
         try:
-            scorer, arithmetic = exact_model(model), "integer"
+            scorer, arithmetic = exact_model(model, scale_dtype), "integer"
         except ValueError:  # the integer path cannot run this configuration: float fake-quant it is
             scorer, arithmetic = model, "float"
     return evaluate(scorer, loader, num_classes) | {"arithmetic": arithmetic}

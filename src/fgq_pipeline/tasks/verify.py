@@ -68,10 +68,12 @@ def verify_file(cfg: DictConfig, export: dict, datamodule) -> dict:
             counts["mismatches"] += int((integer != scored).any(axis=1).sum())
             max_difference = max(max_difference, float(np.abs(integer - scored).max()))
     images = counts["images"]
+    quant = source_quant_config(cfg, source).to_dict()
     return {
         "model": source,
-        "scale_dtype": export["scale_dtype"],
-        **source_quant_config(cfg, source).to_dict(),
+        **quant,
+        "quant_scale_dtype": quant["scale_dtype"],  # the scales the model was scored with
+        "scale_dtype": export["scale_dtype"],  # the scales this file stores
         "finetuned": source == "finetuned",
         "num_images": images,
         "integer_top1": counts["integer"] / images,
