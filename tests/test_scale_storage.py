@@ -7,7 +7,12 @@ from torch import nn
 
 from fgq_pipeline.kernels import bits_per_weight
 from fgq_pipeline.kernels.export import pack_model
-from fgq_pipeline.quant import QuantConfig, count_ops, post_training_quantize, quantize_model
+from fgq_pipeline.quant import (
+    QuantConfig,
+    count_ops,
+    post_training_quantize,
+    quantize_model,
+)
 from fgq_pipeline.quant.scale_storage import INT8_SCALE_MAX, stored_scales
 
 
