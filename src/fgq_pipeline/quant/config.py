@@ -9,6 +9,7 @@ from .scale_storage import validate_scale_dtype
 from .ternary import GroupSize, validate_group_size, validate_solver
 
 POLICIES = ("first_last_8bit", "ternarize_all")
+WEIGHT_FORMATS = ("ternary", "int2", "int3", "int4")  # int<b>: the uniform b-bit baseline, in the same groups
 ROUNDINGS = ("nearest", "gptq")
 
 
@@ -21,9 +22,12 @@ class QuantConfig:
     as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
     in float. ``scale_dtype`` is how the group scales are stored (fp32, fp16, or int8 multiples of one
     fp32 scale per filter), applied in the fake-quant model so accuracy is that of what is stored.
+    ``weight_format`` "int2" / "int3" / "int4" puts the same layers on uniform grids in the same groups
+    (see :mod:`.uniform`), through the same repairs: the comparison at equal bits per weight.
     The two repairs are switches because each must be measured on and off.
     """
 
+    weight_format: str = "ternary"
     group_size: GroupSize = 4
     solver: str = "exact"
     scale_dtype: str = "fp32"
@@ -40,6 +44,8 @@ class QuantConfig:
         validate_group_size(self.group_size)
         validate_solver(self.solver)
         validate_scale_dtype(self.scale_dtype)
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {self.weight_format!r}")
         validate_act_bits(self.act_bits)
         validate_calibration(self.act_calibration, self.act_percentile)
         if self.rounding not in ROUNDINGS:
@@ -49,6 +55,11 @@ class QuantConfig:
         for switch in ("power_of_two_scale", "bn_reestimate", "bias_correction"):
             if not isinstance(getattr(self, switch), bool):
                 raise ValueError(f"{switch} must be true or false, got {getattr(self, switch)!r}")
+
+    @property
+    def uniform_bits(self) -> int | None:
+        """b of an ``int<b>`` weight format; None for ternary."""
+        return None if self.weight_format == "ternary" else int(self.weight_format.removeprefix("int"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,9 +21,10 @@ from torch import nn
 
 from ..devices import model_device
 from ..modes import eval_mode
-from .modules import QuantConv2d
+from .modules import QuantConv2d, WeightFormat
 from .surgery import quant_layers
 from .ternary import GroupSize, solve_groups
+from .uniform import fit_grid, round_to_grid
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it, as in GPTQ
 BLOCK_COLUMNS = 128  # columns updated one by one before the rest is updated by one matrix product
@@ -35,13 +36,17 @@ class _InputsCaptured(Exception):
 
 @torch.no_grad()
 def gptq_ternarize(model: nn.Module, batches: Iterable) -> None:
-    """Replace every ternary layer's weights by error-compensated ternary weights, in order."""
+    """Replace every grouped (ternary or uniform) layer's weights by error-compensated ones, in order;
+    a uniform layer keeps the grids its groups were rounded to."""
     for _, layer in quant_layers(model):
-        if layer.weight_format.kind != "ternary" or getattr(layer, "groups", 1) != 1:
+        fmt = layer.weight_format
+        if fmt.kind not in ("ternary", "uniform") or getattr(layer, "groups", 1) != 1:
             continue
         hessian = _input_hessian(model, layer, batches)
-        fmt = layer.weight_format
-        layer.weight.copy_(_quantize_columns(layer.weight, hessian, fmt.group_size, fmt.solver))
+        groups = _GroupScales(layer.weight.shape[0], fmt) if fmt.kind == "ternary" else _UniformGroups(fmt)
+        layer.weight.copy_(_quantize_columns(layer.weight, hessian, fmt.group_size, groups))
+        if fmt.kind == "uniform":
+            layer.fix_grid(groups.grid_layout(layer.uniform_grid.shape))
 
 
 def _layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -105,11 +110,11 @@ def _inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(inverse, upper=True)
 
 
-def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: GroupSize, solver: str) -> torch.Tensor:
+def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: GroupSize, quantizer) -> torch.Tensor:
+    """GPTQ over the columns in group order; ``quantizer`` fits each group as it starts and rounds columns."""
     order = _column_order(weight.shape)
     w = weight.detach().float().reshape(weight.shape[0], -1)[:, order].clone()
     factor = _inverse_hessian_factor(hessian[order[:, None], order].float())
-    scales = _GroupScales(w.shape[0], group_size, solver)
     quantized = torch.zeros_like(w)
     starts = dict(_group_starts(weight.shape, group_size))
     for block in range(0, w.shape[1], BLOCK_COLUMNS):
@@ -117,9 +122,9 @@ def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: G
         errors = torch.zeros(w.shape[0], end - block, device=w.device)
         for j in range(block, end):
             if j in starts:
-                scales.fit(w[:, j:j + starts[j]])
+                quantizer.fit(w[:, j:j + starts[j]])
             column = w[:, j]
-            q = scales.round(column)
+            q = quantizer.round(column)
             quantized[:, j] = q
             errors[:, j - block] = (column - q) / factor[j, j]
             w[:, j + 1:end] -= errors[:, j - block, None] * factor[j, j + 1:end][None, :]
@@ -130,10 +135,10 @@ def _quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: G
 
 
 class _GroupScales:
-    """The scales of the group being quantized, per output row, and nearest rounding with them."""
+    """The scales of the ternary group being quantized, per output row, and nearest rounding with them."""
 
-    def __init__(self, rows: int, group_size: GroupSize, solver: str):
-        self.rows, self.shared, self.solver = rows, group_size == "layer", solver
+    def __init__(self, rows: int, fmt: WeightFormat):
+        self.rows, self.shared, self.solver = rows, fmt.group_size == "layer", fmt.solver
 
     def fit(self, block: torch.Tensor) -> None:
         _, pos, neg = solve_groups(block.reshape(1, -1) if self.shared else block, self.solver)
@@ -143,3 +148,21 @@ class _GroupScales:
     def round(self, column: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros_like(column)
         return torch.where(column > self.pos / 2, self.pos, torch.where(column < -self.neg / 2, -self.neg, zero))
+
+
+class _UniformGroups:
+    """The uniform grid of the group being quantized, per output row; every group's grid is kept, in
+    column order (kernel position, then channel group), for the layer to fix."""
+
+    def __init__(self, fmt: WeightFormat):
+        self.fmt, self.shared, self.grids = fmt, fmt.group_size == "layer", []
+
+    def fit(self, block: torch.Tensor) -> None:
+        self.grids.append(fit_grid(block.reshape(1, -1) if self.shared else block, self.fmt.bits, self.fmt.scale_dtype))
+
+    def round(self, column: torch.Tensor) -> torch.Tensor:
+        return round_to_grid(column, self.grids[-1], self.fmt.bits)
+
+    def grid_layout(self, shape: torch.Size) -> torch.Tensor:
+        """The grids as the layer holds them: [2, K, *kernel, G] (integer N), [2, K] or [2, 1]."""
+        return torch.stack(self.grids, dim=-1).reshape(shape)

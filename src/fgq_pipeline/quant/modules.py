@@ -25,8 +25,9 @@ from .ternary import (
     validate_group_size,
     validate_solver,
 )
+from .uniform import grid_shape, quantize_uniform, validate_weight_bits
 
-WEIGHT_KINDS = ("ternary", "int8", "float")
+WEIGHT_KINDS = ("ternary", "uniform", "int8", "float")
 INT8_MAX = 127
 _SHAPES_ONLY = ContextVar("shapes_only", default=False)
 
@@ -43,20 +44,24 @@ def shapes_only() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class WeightFormat:
-    """How one layer's weights are stored: ternary groups, int8 per output channel, or float."""
+    """How one layer's weights are stored: ternary groups, uniform ``bits``-bit groups (the baseline),
+    int8 per output channel, or float."""
 
-    kind: Literal["ternary", "int8", "float"] = "ternary"
+    kind: Literal["ternary", "uniform", "int8", "float"] = "ternary"
     group_size: GroupSize = 4
     solver: str = "exact"
-    scale_dtype: str = "fp32"  # storage of the ternary group scales (see scale_storage)
+    scale_dtype: str = "fp32"  # storage of the group scales (see scale_storage)
+    bits: int = 2  # uniform only
 
     def __post_init__(self) -> None:
         if self.kind not in WEIGHT_KINDS:
             raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}, got {self.kind!r}")
-        if self.kind == "ternary":
+        if self.kind in ("ternary", "uniform"):
             validate_group_size(self.group_size)
             validate_solver(self.solver)
             validate_scale_dtype(self.scale_dtype)
+        if self.kind == "uniform":
+            validate_weight_bits(self.bits)
 
 
 def quantize_int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
@@ -66,12 +71,15 @@ def quantize_int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(weight.detach() / scale), -INT8_MAX, INT8_MAX) * scale
 
 
-def quantize_weight(weight: torch.Tensor, fmt: WeightFormat) -> torch.Tensor:
-    """Dequantized weights in ``fmt`` with a straight-through gradient to the float weights."""
+def quantize_weight(weight: torch.Tensor, fmt: WeightFormat, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """Dequantized weights in ``fmt`` with a straight-through gradient to the float weights; a uniform
+    layer's fixed ``grid``, if it has one."""
     if fmt.kind == "float":
         return weight
     if fmt.kind == "int8":
         quantized = quantize_int8_per_channel(weight)
+    elif fmt.kind == "uniform":
+        quantized = quantize_uniform(weight, fmt.bits, fmt.group_size, fmt.scale_dtype, grid).to(weight.dtype)
     else:
         quantized = stored_ternary(weight, fmt).dequantize().to(weight.dtype)
     return weight + (quantized - weight).detach()
@@ -98,16 +106,28 @@ class _QuantLayer:
         self.input_quantizer = input_quantizer
         # Per-output-channel shift added by bias correction; zero until a repair sets it.
         self.register_buffer("bias_correction", torch.zeros(self.weight.shape[0]))
+        if weight_format.kind == "uniform":  # scale and zero point per group; NaN until fixed
+            shape = grid_shape(self.weight.shape, weight_format.group_size)
+            self.register_buffer("uniform_grid", torch.full((2, *shape), float("nan"), device=self.weight.device))
+
+    def fix_grid(self, grid: torch.Tensor) -> None:
+        """Keep a uniform layer on ``grid`` ([2, *groups]: scales, zero points) instead of refitting it."""
+        self.uniform_grid.copy_(grid)
+
+    def _grid(self) -> torch.Tensor | None:
+        grid = getattr(self, "uniform_grid", None)
+        return None if grid is None or grid.isnan().any() else grid
 
     def quantized_weight(self) -> torch.Tensor:
         """Quantized weights; cached while no gradient is needed and the weights are unchanged."""
         if _SHAPES_ONLY.get():
             return self.weight
         if torch.is_grad_enabled():
-            return quantize_weight(self.weight, self.weight_format)
-        key = (self.weight._version, self.weight.data_ptr())
+            return quantize_weight(self.weight, self.weight_format, self._grid())
+        grid = getattr(self, "uniform_grid", None)
+        key = (self.weight._version, self.weight.data_ptr(), None if grid is None else grid._version)
         if getattr(self, "_cached_weight", (None, None))[0] != key:
-            self._cached_weight = (key, quantize_weight(self.weight, self.weight_format))
+            self._cached_weight = (key, quantize_weight(self.weight, self.weight_format, self._grid()))
         return self._cached_weight[1]
 
     def ternary_weights(self) -> TernaryWeights:

@@ -15,8 +15,9 @@ from torch import nn
 from ..devices import model_device
 from ..modes import eval_mode
 from .modules import QUANT_LAYERS, WeightFormat, shapes_only
-from .scale_storage import ternary_storage_bits
+from .scale_storage import ternary_storage_bits, uniform_storage_bits
 from .ternary import effective_group_size, groups_per_filter
+from .uniform import grid_shape
 
 INT8_MULTIPLY_COST = 1 / 4
 TERNARY_ADD_COST = 1 / 16
@@ -105,6 +106,11 @@ def _layer_ops(name: str, layer: nn.Module, output_shape: torch.Size, scale_dtyp
     reduction = int(torch.Size(shape[1:]).numel())  # weights per output value
     macs = outputs * reduction
     weights = int(shape.numel())
+    if fmt.kind == "uniform":  # a multiply per weight; b-bit codes, and a scale and zero point per group
+        num_groups = int(grid_shape(shape, fmt.group_size).numel())
+        bits = uniform_storage_bits(shape[0], weights, num_groups, fmt.bits, scale_dtype or fmt.scale_dtype)
+        return LayerOps(name, "uniform", effective_group_size(shape, fmt.group_size), shape[0], macs, macs, macs,
+                        weights, bits, macs * INT8_MULTIPLY_COST)
     if fmt.kind != "ternary":
         bits = FLOAT_BITS * weights if fmt.kind == "float" else INT8_BITS * weights + FLOAT_BITS * shape[0]
         cost = macs * (1.0 if fmt.kind == "float" else INT8_MULTIPLY_COST)

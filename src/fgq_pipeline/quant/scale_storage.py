@@ -41,3 +41,10 @@ def ternary_storage_bits(filters: int, reduction: int, num_scales: int, scale_dt
     code_bits = filters * -(-reduction // 4) * 8
     multiplier_bits = SCALE_BITS["fp32"] * filters if scale_dtype == "int8" else 0
     return code_bits + SCALE_BITS[validate_scale_dtype(scale_dtype)] * num_scales + multiplier_bits
+
+
+def uniform_storage_bits(filters: int, weights: int, num_groups: int, bits: int, scale_dtype: str) -> int:
+    """Bits of a uniform ``bits``-bit layer: its codes, a scale and a ``bits``-bit zero point per group,
+    and for int8 scales one fp32 multiplier per filter."""
+    multiplier_bits = SCALE_BITS["fp32"] * filters if scale_dtype == "int8" else 0
+    return bits * weights + (SCALE_BITS[validate_scale_dtype(scale_dtype)] + bits) * num_groups + multiplier_bits

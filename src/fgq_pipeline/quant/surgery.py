@@ -12,7 +12,8 @@ from .modules import QUANT_LAYERS, QuantConv2d, QuantLinear, WeightFormat
 def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Replace Conv2d/Linear layers of ``model`` by fake-quant layers as ``config`` says.
 
-    The first Conv2d and the last Linear follow ``config.policy``; all others get ternary groups.
+    The first Conv2d and the last Linear follow ``config.policy``; all others get ternary groups (or
+    the uniform grids of ``config.weight_format``).
     Input quantizers start uncalibrated (float) until :func:`calibrate_activations` runs.
     """
     layers = [
@@ -23,10 +24,12 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
     first = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
     last = next((name for name, m in reversed(layers) if isinstance(m, nn.Linear)), None)
-    ternary = WeightFormat("ternary", config.group_size, config.solver, config.scale_dtype)
+    bits = config.uniform_bits
+    grouped = WeightFormat("ternary" if bits is None else "uniform", config.group_size, config.solver,
+                           config.scale_dtype, bits or WeightFormat.bits)
     for name, module in layers:
         keep_8bit = config.policy == "first_last_8bit" and name in (first, last)
-        fmt = WeightFormat("int8") if keep_8bit else ternary
+        fmt = WeightFormat("int8") if keep_8bit else grouped
         swap = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
         _set_submodule(model, name, swap.from_float(module, fmt, _activation_quantizer(config)))
     return model

@@ -91,10 +91,10 @@ def ternarize(weight: torch.Tensor, group_size: GroupSize, solver: str = "exact"
     if not torch.isfinite(weight).all():
         raise ValueError("weight holds NaN or Inf values; ternarization needs finite weights")
     w = weight.detach().float()
-    groups, valid = _to_groups(w, group_size)
+    groups, valid = to_groups(w, group_size)
     codes, pos_alpha, neg_alpha = solve_groups(groups, solver, valid)
     return TernaryWeights(
-        codes=_from_groups(codes, w.shape, group_size),
+        codes=from_groups(codes, w.shape, group_size),
         scales=_scale_layout(pos_alpha, w.shape, group_size),
         group_size=group_size,
         solver=solver,
@@ -152,7 +152,7 @@ def _mean_kept(magnitude: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (magnitude * keep).sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)
 
 
-def _to_groups(w: torch.Tensor, group_size: GroupSize) -> tuple[torch.Tensor, torch.Tensor | None]:
+def to_groups(w: torch.Tensor, group_size: GroupSize) -> tuple[torch.Tensor, torch.Tensor | None]:
     """View ``w`` as [..., G, N] groups, zero padded, and a mask of the real entries (None: all)."""
     if group_size == "layer":
         return w.reshape(1, -1), None
@@ -172,8 +172,8 @@ def _to_groups(w: torch.Tensor, group_size: GroupSize) -> tuple[torch.Tensor, to
     return channels_last.reshape(shape), valid.reshape(shape)
 
 
-def _from_groups(grouped: torch.Tensor, shape: torch.Size, group_size: GroupSize) -> torch.Tensor:
-    """Inverse of :func:`_to_groups` for per-weight tensors (codes)."""
+def from_groups(grouped: torch.Tensor, shape: torch.Size, group_size: GroupSize) -> torch.Tensor:
+    """Inverse of :func:`to_groups` for per-weight tensors (codes)."""
     if group_size in NAMED_GROUPS:
         return grouped.reshape(shape)
     channels = shape[1]

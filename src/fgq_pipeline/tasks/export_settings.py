@@ -36,6 +36,9 @@ def check_exportable(quant: QuantConfig, source: str) -> None:
     ``finetune.group_size`` / ``act_bits`` for finetuned): the kernels would refuse the same model,
     but only after it was built and calibrated."""
     prefix = "quant" if source == "ptq" else "finetune"
+    if quant.weight_format != "ternary":
+        raise ValueError(f"quant.weight_format={quant.weight_format!r} cannot be packed: the packed format and its "
+                         "kernels hold ternary groups; the uniform formats are accuracy baselines")
     if quant.group_size in NAMED_GROUPS:
         raise ValueError(f"{prefix}.group_size={quant.group_size!r} cannot be packed: the packed format holds "
                          f"groups of N input channels, N an integer; export the {source} model at an integer N")

@@ -27,9 +27,10 @@ def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metric
 
 
 def run_name(quant: QuantConfig) -> str:
-    """A short name for a configuration, e.g. ``N=4 A8 exact/gptq bn+bc`` (``N=4 A8 fp16 ...`` for
-    scales stored narrower than fp32)."""
+    """A short name for a configuration, e.g. ``N=4 A8 exact/gptq bn+bc`` (``N=4 A8 int3 fp16 ...`` for
+    uniform weights and scales stored narrower than fp32)."""
     repairs = "+".join(name for name, on in (("bn", quant.bn_reestimate), ("bc", quant.bias_correction)) if on)
+    weights = "" if quant.weight_format == "ternary" else f" {quant.weight_format}"
     scales = "" if quant.scale_dtype == "fp32" else f" {quant.scale_dtype}"
-    return (f"N={quant.group_size} A{quant.act_bits}{scales} {quant.solver}/{quant.rounding}"
+    return (f"N={quant.group_size} A{quant.act_bits}{weights}{scales} {quant.solver}/{quant.rounding}"
             + (f" {repairs}" if repairs else ""))
