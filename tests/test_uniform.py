@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from fgq_pipeline.models import load_weights, save_weights
-from fgq_pipeline.quant import QuantConfig, count_ops, post_training_quantize, quantize_model
+from fgq_pipeline.quant import (
+    QuantConfig,
+    count_ops,
+    post_training_quantize,
+    quantize_model,
+)
 from fgq_pipeline.quant.ternary import to_groups
 from fgq_pipeline.quant.uniform import quantize_uniform
 from fgq_pipeline.tasks.scoring import score
