@@ -119,6 +119,8 @@ BITS_PER_WEIGHT = {
 }
 FP32_TOP1 = 0.9833
 DEFAULT_VARIANT = {
+    "weight_format": "ternary",
+    "scale_dtype": "fp32",
     "solver": "exact",
     "rounding": "nearest",
     "act_calibration": "max",

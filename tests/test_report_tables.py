@@ -40,10 +40,12 @@ def percent(fraction: float) -> str:
 
 
 def variant_cells(name: str) -> list[str]:
-    """The six variant columns of an ablation row for a named variant."""
+    """The eight variant columns of an ablation row for a named variant."""
     settings = {**DEFAULT_VARIANT, **{**FULL_GRID_VARIANTS, **ABLATION_VARIANTS}[name][0]}
     on_off = {True: "on", False: "off"}
     return [
+        settings["weight_format"],
+        settings["scale_dtype"],
         settings["solver"],
         settings["rounding"],
         settings["act_calibration"],
@@ -115,8 +117,8 @@ def test_single_group_size_variants_are_not_blocks_of_their_own():
 def test_ablation_table_is_a_ladder_at_a8():
     markdown = paper_table_markdown(results_frame(realistic_records()))
     rows = table_rows(markdown, ABLATION_HEADING)
-    assert [row[:6] for row in rows] == [variant_cells(name) for name in LADDER_AT_A8]
-    a8 = [float(row[7]) for row in rows]
+    assert [row[:8] for row in rows] == [variant_cells(name) for name in LADDER_AT_A8]
+    a8 = [float(row[9]) for row in rows]
     assert a8 == sorted(a8)
 
 
@@ -125,7 +127,7 @@ def test_ablation_table_has_fp32_line_and_top1_per_act_bits():
     section = markdown.split(ABLATION_HEADING, 1)[1]
     assert section.startswith(f"\n\nFP32 top-1: {percent(FP32_TOP1)}%\n")
     assert "| top-1 A32 (float) | top-1 A8 | top-1 A4 |" in section
-    rows = {tuple(row[:6]): row[6:] for row in table_rows(markdown, ABLATION_HEADING)}
+    rows = {tuple(row[:8]): row[8:] for row in table_rows(markdown, ABLATION_HEADING)}
     full_grid = variant_records("D", [4], ACT_BITS)
     assert rows[tuple(variant_cells("D"))] == [percent(record["top1"]) for record in full_grid]
     assert rows[tuple(variant_cells("H"))] == ["—", cell_top1("H", 8), cell_top1("H", 4)]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..atomic import write_text_atomically
 from .frame import RESULT_COLUMNS, VARIANT_KEYS, results_frame, write_results_csv
+from .frontier import frontier_markdown, plot_top1_vs_bits
 from .panels import Panel, choose_panels
 from .plots import plot_top1_vs_group_size, plot_top1_vs_mult_eliminated
 from .tables import EFFECTIVE_GROUP_NOTE, headline_markdown, paper_table_markdown
@@ -42,6 +43,7 @@ REPORT_FILE_NAMES = (
     "results.md",
     "top1_vs_group_size.png",
     "top1_vs_mult_eliminated.png",
+    "top1_vs_bits_per_weight.png",
 )
 
 
@@ -55,6 +57,7 @@ def _results_markdown(frame: pd.DataFrame, verified: list[dict]) -> str:
             "",
             headline_markdown(frame),
             *([verified_markdown(verified)] if verified else []),
+            frontier_markdown(frame),
             "## Tables",
             "",
             paper_table_markdown(frame),
@@ -83,4 +86,5 @@ def write_report(records: list[dict], out_dir: str | os.PathLike, verified: list
     write_text_atomically(paths["results.md"], _results_markdown(frame, verified))
     plot_top1_vs_group_size(frame, paths["top1_vs_group_size.png"])
     plot_top1_vs_mult_eliminated(frame, paths["top1_vs_mult_eliminated.png"])
+    plot_top1_vs_bits(frame, paths["top1_vs_bits_per_weight.png"])
     return paths

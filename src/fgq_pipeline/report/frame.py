@@ -19,6 +19,8 @@ from ..render import CSV_FLOAT_FORMAT
 
 MODEL_KEYS = ["model", "dataset"]
 VARIANT_KEYS = [
+    "weight_format",
+    "scale_dtype",
     "solver",
     "rounding",
     "act_calibration",
@@ -42,10 +44,11 @@ RESULT_COLUMNS = [
     "potential_speedup",
 ]
 NAMED_GROUP_SIZES = ("filter", "layer")
+SCALE_DTYPE_ORDER = ("fp32", "fp16", "int8")  # widest first, as the tables list them
 FLOAT_ACTIVATION_BITS = 32
 ALLOWED_ACT_BITS = (*range(2, 9), FLOAT_ACTIVATION_BITS)
 BOOLEAN_COLUMNS = ("bn_reestimate", "bias_correction", "finetuned")
-TEXT_COLUMNS = ("model", "dataset", "solver", "rounding", "act_calibration", "policy")
+TEXT_COLUMNS = ("model", "dataset", "weight_format", "scale_dtype", "solver", "rounding", "act_calibration", "policy")
 EXTRA_TRAINING_COLUMN = "extra_training_fraction"
 
 
@@ -109,6 +112,10 @@ def _record_sort_key(record: dict) -> tuple:
         record["model"],
         record["dataset"],
         bool(record["finetuned"]),
+        record["weight_format"] != "ternary",
+        record["weight_format"],
+        SCALE_DTYPE_ORDER.index(record["scale_dtype"]) if record["scale_dtype"] in SCALE_DTYPE_ORDER else 0,
+        record["scale_dtype"],
         record["solver"],
         record["rounding"],
         record["act_calibration"],

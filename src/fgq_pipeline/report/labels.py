@@ -69,9 +69,13 @@ def variant_of(row: pd.Series) -> tuple:
 
 
 def variant_phrases(variant: tuple, quote: str = "`") -> list[str]:
-    """The variant as readable phrases; ``quote`` marks the free-text values (code in markdown)."""
-    solver, rounding, act_calibration, policy, bn_reestimate, bias_correction = variant
+    """The variant as readable phrases; ``quote`` marks the free-text values (code in markdown). The
+    weight format and scale storage are named when they are not the default ternary / fp32."""
+    weight_format, scale_dtype, solver, rounding, act_calibration, policy, bn_reestimate, bias_correction = variant
+    storage = [f"weights {quote}{weight_format}{quote}"] if weight_format != "ternary" else []
+    storage += [f"{quote}{scale_dtype}{quote} scales"] if scale_dtype != "fp32" else []
     return [
+        *storage,
         f"solver {quote}{solver}{quote}",
         f"rounding {quote}{rounding}{quote}",
         f"act. calibration {quote}{act_calibration}{quote}",

@@ -35,7 +35,8 @@ def _act_bits_colors(frame: pd.DataFrame) -> dict[int, str]:
 
 def _panel_title(key: tuple) -> str:
     phrases = variant_phrases(tuple(key[2:]), quote="")
-    return f"{model_label(key[:2])}\n{', '.join(phrases[:3])}\n{', '.join(phrases[3:])}"
+    half = (len(phrases) + 1) // 2
+    return f"{model_label(key[:2])}\n{', '.join(phrases[:half])}\n{', '.join(phrases[half:])}"
 
 
 def _draw_fp32_line(axes: Axes, panel: Panel) -> None:

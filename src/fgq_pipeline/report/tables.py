@@ -36,7 +36,7 @@ EFFECTIVE_GROUP_NOTE = (
     "a group never crosses filters or kernel positions."
 )
 BLOCK_HEADER = ["group", "mult. eliminated", "bits/weight", "potential speedup"]
-ABLATION_HEADER = ["solver", "rounding", "act. calibration", "policy", "BN re-est.", "bias corr."]
+ABLATION_HEADER = ["weights", "scales", "solver", "rounding", "act. calibration", "policy", "BN re-est.", "bias corr."]
 
 
 def _top1_headers(act_bits_columns: list[int]) -> list[str]:
@@ -127,8 +127,10 @@ def _ablation_ladder(rows: pd.DataFrame, ladder_bits: int) -> list[tuple[tuple, 
 def _ablation_cells(
     variant: tuple, rows: pd.DataFrame, act_bits_columns: list[int], context: str
 ) -> list[str]:
-    solver, rounding, act_calibration, policy, bn_reestimate, bias_correction = variant
+    weight_format, scale_dtype, solver, rounding, act_calibration, policy, bn_reestimate, bias_correction = variant
     return [
+        weight_format,
+        scale_dtype,
         solver,
         rounding,
         act_calibration,
