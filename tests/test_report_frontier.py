@@ -3,7 +3,11 @@
 from conftest import make_record
 
 from fgq_pipeline.report import results_frame, write_report
-from fgq_pipeline.report.frontier import frontier_markdown, frontier_points, frontier_sentence
+from fgq_pipeline.report.frontier import (
+    frontier_markdown,
+    frontier_points,
+    frontier_sentence,
+)
 
 
 def point(weight_format, scale_dtype, group_size, bits, top1, act_bits=8, **variant):

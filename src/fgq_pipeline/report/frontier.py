@@ -72,11 +72,11 @@ def _point_text(point: pd.Series) -> str:
 
 def frontier_markdown(frame: pd.DataFrame) -> str:
     """A table per activation width of every format's best point, by bits, and where FGQ stands."""
-    sections = ["## Top-1 against bits per weight", "",
-                "Every format's best post-training row (weights, scale storage, group size), by bits per "
-                "weight counted over the whole network: codes, scales, uniform zero points, and the fp32 "
-                "per-filter multiplier of int8 scales. *On the front*: no other point reaches at least its "
-                "top-1 with at most its bits.", ""]
+    intro = ("Every format's best post-training row (weights, scale storage, group size), by bits per weight "
+             "counted over the whole network: codes, scales, uniform zero points, and the fp32 per-filter "
+             "multiplier of int8 scales. *On the front*: no other point reaches at least its top-1 with at most "
+             "its bits.")
+    sections = ["## Top-1 against bits per weight", "", intro, ""]
     for act_bits in FRONTIER_ACT_BITS:
         points = frontier_points(frame, act_bits)
         if points.empty:
