@@ -11,6 +11,7 @@ from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternar
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
     add_scaled,
+    add_scaled_by,
     dot4_generic,
     dot4_vnni,
     float_zeros,
@@ -85,6 +86,27 @@ def test_gemv_reads_narrower_scales_as_stored(scale_dtype, signed):
     np.testing.assert_allclose(gemv, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     if scale_dtype == "fp16":
         np.testing.assert_array_equal(gemv, batched)
+
+
+def test_add_scaled_by_rounds_the_scale_before_it_multiplies_the_sum():
+    """fl(acc + fl(S * fl(float(q) * m))) per lane, two products and a sum, no fused multiply-add."""
+
+    @njit
+    def run(sum_bytes, scales, multipliers, start, zeros, out):
+        sums = load_bytes(sum_bytes, 0)
+        acc = add_scaled_by(add_scaled(float_zeros(), sums, start, 0), sums, scales, 0, multipliers, 0)
+        store_affine(out, 0, acc, np.float32(1.0), zeros, 0)
+
+    rng = np.random.default_rng(5)
+    sums = rng.integers(-2**20, 2**20, 16).astype(np.int32)
+    scales = rng.integers(-127, 128, 16).astype(np.int8)
+    multipliers = rng.uniform(1e-4, 1.0, 16).astype(np.float32)
+    start = rng.normal(size=16).astype(np.float32)
+    out = np.empty(16, np.float32)
+    run(sums.view(np.uint8), scales, multipliers, start, np.zeros(16, np.float32), out)
+    decoded = scales.astype(np.float32) * multipliers
+    sum_float = sums.astype(np.float32)
+    np.testing.assert_array_equal(out, sum_float * start + sum_float * decoded)
 
 
 def test_tiled_kernels_are_exact_at_the_int8_and_uint8_extremes():
