@@ -13,7 +13,7 @@ import torchvision
 from test_kernels_integer_net import FLIP_TOLERANCE, TOLERANCE, assert_agrees, compare
 from torch import nn
 
-from fgq_pipeline.kernels import IntegerNet, export_packed
+from fgq_pipeline.kernels import IntegerNet, export_packed, load_packed
 from fgq_pipeline.kernels.fx_trace import trace_graph
 from fgq_pipeline.models import CifarResNet, DigitsCNN
 from fgq_pipeline.quant import (
@@ -162,6 +162,32 @@ def test_resnet_downsample_branch_is_a_dag_of_named_values():
     assert len(add["inputs"]) == 2 and graph[-1]["op"] == "linear"
     folded = {layer.name for layer in layers if layer.norm is not None}
     assert "layer2.0.downsample.0" in folded and len(folded) == len(layers) - 1  # every conv has its BN
+
+
+def spread_norms() -> nn.Module:
+    """CifarResNet-8 whose BatchNorm gammas span 10^-3..10, some negative, as trained ones can."""
+    model = CifarResNet(depth=8)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            signs = torch.where(torch.arange(module.num_features) % 3 == 0, -1.0, 1.0)
+            module.weight.data = signs * 10.0 ** torch.linspace(-3, 1, module.num_features)
+    return model
+
+
+def test_int8_scales_give_each_folded_filter_its_own_scale_of_scales(tmp_path):
+    """Folded BatchNorms spread the filters' scales; int8 scales keep each filter on its own grid of
+    max |scale| / 127, so every decoded scale is within half of its filter's step of the fp32 export."""
+    model = quantized(spread_norms, 16, 3)
+    exact = load_packed(export_packed(model, tmp_path / "fp32.fgq")).layers
+    packed = load_packed(export_packed(model, tmp_path / "int8.fgq", scale_dtype="int8")).layers
+    int8_scaled = [name for name, layer in packed.items() if layer.scale_dtype == "int8"]
+    assert len(int8_scaled) == 6  # 3 stages x 1 block x 2 convs; the first conv and the classifier keep int8 weights
+    for name in int8_scaled:
+        scales, layer = exact[name].scales, packed[name]
+        largest = np.abs(scales).max(axis=1)
+        assert largest.max() / largest.min() > 1000, name  # one layer-wide step would swamp the small filters
+        np.testing.assert_array_equal(layer.scale_of_scales, largest / np.float32(127))
+        assert (np.abs(layer.fp32_scales - scales) <= layer.scale_of_scales[:, None] / 2 * (1 + 1e-6)).all(), name
 
 
 class Sigmoid(nn.Module):

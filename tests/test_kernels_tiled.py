@@ -11,6 +11,7 @@ from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternar
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
     add_scaled,
+    add_scaled_by,
     dot4_generic,
     dot4_vnni,
     float_zeros,
@@ -19,12 +20,13 @@ from fgq_pipeline.kernels.simd import (
     store_affine,
     target_has,
 )
+from fgq_pipeline.kernels.ternary_gemm import BATCH_ROWS, ternary_gemm
 from fgq_pipeline.kernels.tiled_gemm import GEMV_MAX_ROWS, ROW_BLOCK, TILE, TiledLayer
 
 KERNEL_SIDE = {1: 1, 4: 2, 9: 3}  # kernel positions -> a square kernel's side
 
 
-def ternary_layer(codes, scales, bias, act_scale, channels, group_size, positions, bits, signed):
+def ternary_layer(codes, scales, bias, act_scale, channels, group_size, positions, bits, signed, scale_dtype="fp32"):
     """The PackedLayer whose packed codes and scales are exactly ``codes`` and ``scales`` (reduction order)."""
     length = positions * channels
     weights, groups = unpack_codes(codes, length), scales.shape[1] // positions
@@ -34,7 +36,7 @@ def ternary_layer(codes, scales, bias, act_scale, channels, group_size, position
         scales = scales.reshape(-1, side, side, groups).transpose(0, 3, 1, 2)
     geometry = ((1, 1), (1, 1)) if positions > 1 else (None, None)
     layer = pack_ternary_layer("layer", weights, scales, group_size, bias, ActivationFormat(act_scale, bits, signed),
-                               *geometry)
+                               *geometry, scale_dtype=scale_dtype)
     assert np.array_equal(layer.weights, codes)
     return layer
 
@@ -72,19 +74,48 @@ def test_tiled_kernels_match_the_reference_to_float_rounding(positions, channels
 
 @pytest.mark.parametrize("scale_dtype", ["fp16", "int8"])
 @pytest.mark.parametrize("signed", [False, True])
-def test_gemv_reads_narrower_scales_as_stored(scale_dtype, signed):
-    """fp16 widens exactly, so the GEMV matches the batched kernel (fp32 scales decoded at load) bit for
-    bit; int8 scales multiply the total by the scale-of-scales once instead of every scale: to rounding."""
-    x, codes, scales, bias, act_scale, channels, n = operands(10, 1, 70, 9, 16, 4, 8, signed, power_of_two_scales=False)
-    weights = unpack_codes(codes, 9 * channels).reshape(70, 3, 3, channels).transpose(0, 3, 1, 2)
-    layer = pack_ternary_layer("conv", weights, scales.reshape(70, 3, 3, 4).transpose(0, 3, 1, 2), n, bias,
-                               ActivationFormat(act_scale, 8, signed), (1, 1), (1, 1), scale_dtype=scale_dtype)
+@pytest.mark.parametrize("positions, channels, group_size", [(9, 16, 4), (1, 256, 64)])
+def test_gemv_reads_narrower_scales_as_stored_and_adds_what_the_other_kernels_add(positions, channels, group_size,
+                                                                                 scale_dtype, signed):
+    """fp16 widens exactly; an int8 scale times its filter's scale-of-scales is rounded once per group,
+    as the scales decoded at load are. So the GEMV (1 and 2 rows), the batched tiled kernel and the
+    general kernels (row and batched paths) give the same floats. Filter magnitudes span 10^-4..10^2,
+    as folded BatchNorms make them, so each filter has its own scale-of-scales."""
+    x, codes, scales, bias, act_scale, channels, n = operands(10, GEMV_MAX_ROWS - 1, 70, positions, channels,
+                                                              group_size, 8, signed, power_of_two_scales=False)
+    scales *= (10.0 ** np.random.default_rng(11).integers(-4, 3, (70, 1))).astype(np.float32)
+    layer = ternary_layer(codes, scales, bias, act_scale, channels, n, positions, 8, signed, scale_dtype)
     tiled = TiledLayer.from_packed(layer)
-    gemv, batched = tiled.gemm(x, act_scale)[0], tiled.gemm(np.repeat(x, ROW_BLOCK, axis=0), act_scale)[0]
-    expected = reference_ternary_gemm(x, codes, layer.fp32_scales, bias, act_scale, channels, n)[0]
-    np.testing.assert_allclose(gemv, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
-    if scale_dtype == "fp16":
-        np.testing.assert_array_equal(gemv, batched)
+    gemv = tiled.gemm(x, act_scale)
+    general = ternary_gemm(x, layer.weights, layer.fp32_scales, bias, act_scale, channels, n)
+    batched = tiled.gemm(np.repeat(x, ROW_BLOCK, axis=0), act_scale)[::ROW_BLOCK]
+    general_batched = ternary_gemm(np.repeat(x, BATCH_ROWS, axis=0), layer.weights, layer.fp32_scales, bias,
+                                   act_scale, channels, n)[::BATCH_ROWS]
+    assert x.shape[0] == 2 and tiled.gemv is not None
+    np.testing.assert_array_equal(tiled.gemm(x[:1], act_scale), gemv[:1], err_msg="one row")
+    for name, other in [("batched tiled", batched), ("general", general), ("general batched", general_batched)]:
+        np.testing.assert_array_equal(gemv, other, err_msg=name)
+
+
+def test_add_scaled_by_rounds_the_scale_before_it_multiplies_the_sum():
+    """fl(acc + fl(S * fl(float(q) * m))) per lane, two products and a sum, no fused multiply-add."""
+
+    @njit
+    def run(sum_bytes, scales, multipliers, start, zeros, out):
+        sums = load_bytes(sum_bytes, 0)
+        acc = add_scaled_by(add_scaled(float_zeros(), sums, start, 0), sums, scales, 0, multipliers, 0)
+        store_affine(out, 0, acc, np.float32(1.0), zeros, 0)
+
+    rng = np.random.default_rng(5)
+    sums = rng.integers(-2**20, 2**20, 16).astype(np.int32)
+    scales = rng.integers(-127, 128, 16).astype(np.int8)
+    multipliers = rng.uniform(1e-4, 1.0, 16).astype(np.float32)
+    start = rng.normal(size=16).astype(np.float32)
+    out = np.empty(16, np.float32)
+    run(sums.view(np.uint8), scales, multipliers, start, np.zeros(16, np.float32), out)
+    decoded = scales.astype(np.float32) * multipliers
+    sum_float = sums.astype(np.float32)
+    np.testing.assert_array_equal(out, sum_float * start + sum_float * decoded)
 
 
 def test_tiled_kernels_are_exact_at_the_int8_and_uint8_extremes():

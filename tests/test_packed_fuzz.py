@@ -34,6 +34,7 @@ from safetensors.numpy import save as save_safetensors
 
 from fgq_pipeline.kernels import IntegerNet
 from fgq_pipeline.kernels.packed_file import _digest
+from fgq_pipeline.kernels.scales import FP32_MAX
 
 SEED = 12
 CASES = 10_000
@@ -246,7 +247,8 @@ def format_version(rng, original):
     meta = original.meta
     choice = rng.integers(4)
     if choice == 0:
-        meta["format_version"] = pick(rng, ("1", "3", "0", "", "2.0", " 2", "02", "20", "-1", "2\n", "two", "9" * 30))
+        meta["format_version"] = pick(rng, ("1", "2", "4", "0", "", "3.0", " 3", "03", "30", "-1", "3\n", "two",
+                                            "9" * 30))
     elif choice == 1:
         meta["format"] = pick(rng, ("", "fgq-packed2", "FGQ-PACKED", "safetensors", "fgq-packed "))
     else:
@@ -337,7 +339,6 @@ def layer_geometry(rng, original):
             ("group_size", (None, 0, 1, 2, 3, 4, 8, 16, 64, 65, 2**40, 4.0)),
             ("stride", (None, [1, 1], [2, 2], [1], [0, 1], [2**40, 1], [1, 1, 1])),
             ("padding", (None, [0, 0], [1, 1], [-1, 0], [2**40, 0], [0])),
-            ("scale_of_scales", (None, 0.0, -1.0, 1.0, 1, 1e39, 1e-50, 3.4e38, float("nan"), "1.0")),
         ))
         entry[field] = pick(rng, values)
 
@@ -423,9 +424,39 @@ def arrays(rng, original):
         else:
             flat[rng.integers(flat.size)] = pick(rng, (np.nan, np.inf, -np.inf, 0, 1e30))
         tensors[name] = edited
+    return save_arrays(rng, original, tensors)
+
+
+SCALE_OF_SCALES_VALUES = (np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, 1e-38, 1e-40, 1e-45, 3e38, FP32_MAX, 1.0, 1e-3)
+
+
+def scale_of_scales(rng, original):
+    """A layer's fp32 scale-of-scales per filter: a bad value, shape or dtype, or one beside fp32 / fp16 scales."""
+    tensors = dict(original.tensors)
+    names = sorted(name for name in tensors if name.endswith(".scale_of_scales"))
+    if not names or rng.random() < 0.1:
+        layer = pick(rng, sorted(name.removesuffix(".bias") for name in tensors if name.endswith(".bias")))
+        tensors[f"{layer}.scale_of_scales"] = np.ones(tensors[f"{layer}.bias"].shape, np.float32)
+        return save_arrays(rng, original, tensors)
+    name = pick(rng, names)
+    edited = tensors[name].copy()
+    choice = rng.integers(3)
+    if choice == 0:
+        edited[rng.integers(edited.size)] = pick(rng, SCALE_OF_SCALES_VALUES)
+    elif choice == 1:
+        edited = pick(rng, (edited[:-1], np.append(edited, edited[:1]), edited[None], edited.reshape(-1, 1),
+                            edited[:0], edited[0]))
+    else:
+        edited = edited.astype(pick(rng, (np.float64, np.float16, np.int8, np.int32, np.uint8)))
+    tensors[name] = edited
+    return save_arrays(rng, original, tensors)
+
+
+def save_arrays(rng, original, tensors: dict[str, np.ndarray], chance: float = REDIGEST) -> bytes:
+    """The edited arrays with the original header, the digest recomputed with probability ``chance``."""
     tensors = {key: np.ascontiguousarray(value) for key, value in tensors.items()}
     meta = original.meta
-    if rng.random() < REDIGEST:
+    if rng.random() < chance:
         meta["sha256"] = _digest({k: v for k, v in meta.items() if k != "sha256"}, tensors)
     return save_safetensors(tensors, metadata=meta)
 
@@ -434,6 +465,7 @@ MUTATIONS = {function.__name__: function for function in (
     flip_header_length, header_length_beyond_file, flip_header, flip_data, flip_anywhere, truncate, append_bytes,
     tensor_dtype, tensor_shape, tensor_offsets, swap_offsets, swap_names, tensor_entry,
     format_version, metadata_keys, layers_json, layer_field, layer_shape, layer_geometry, activation, graph, arrays,
+    scale_of_scales,
 )}
 HUGE_SHAPES = ("tensor_shape", "layer_shape")
 
@@ -602,9 +634,16 @@ def int8_scaled_layer(meta: dict, edit) -> None:
     meta["layers"] = dumps(layers)
 
 
+def load_edited(path: Path) -> None:
+    """Load as the fuzzer does: the loader's warnings (an fp32 overflow) raised as errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        IntegerNet.load(path)
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda meta: meta.update(format_version="1"),
-     "format version '1' is not supported; this reader reads version 2 and does not convert older graphs: "
+    (lambda meta: meta.update(format_version="2"),
+     "format version '2' is not supported; this reader reads version 3 and does not convert older files: "
      "re-export it from its model with fgq_pipeline.kernels.export_packed"),
     (lambda meta: meta.update(layers=RAW_JSON["@deep@"]), "the header's 'layers' entry is nested too deeply"),
     (lambda meta: meta.update(graph=RAW_JSON["@deep@"]), "the header's 'graph' entry is nested too deeply"),
@@ -612,11 +651,9 @@ def int8_scaled_layer(meta: dict, edit) -> None:
      "activation scale must be a finite positive number within fp32's normal range"),
     (lambda meta: int8_scaled_layer(meta, lambda entry: entry["activation"].update(scale=1e-45)),
      "activation scale must be a finite positive number within fp32's normal range"),
-    (lambda meta: int8_scaled_layer(meta, lambda entry: entry.update(scale_of_scales=1e39)),
-     "scale-of-scales that is a finite positive number within fp32's normal range"),
-    (lambda meta: int8_scaled_layer(meta, lambda entry: entry.update(scale_of_scales=3e38)),
-     "int8 scales times the scale-of-scales 3e\\+38 overflow fp32"),
-], ids=["version", "deep-layers", "deep-graph", "huge-act-scale", "tiny-act-scale", "huge-sos", "overflowing-sos"])
+    (lambda meta: int8_scaled_layer(meta, lambda entry: entry.update(scale_of_scales=0.01)),
+     "a layer entry must have exactly the fields"),
+], ids=["version", "deep-layers", "deep-graph", "huge-act-scale", "tiny-act-scale", "sos-in-header"])
 def test_what_the_fuzzer_found_is_refused_with_a_clear_message(packed_files, tmp_path, edit, message):
     """The fuzzer's findings, each with a digest that matches: before the fixes, a RecursionError, an
     OverflowError, fp32 overflows while loading (or scales of Inf and 0 accepted), a version refusal
@@ -627,10 +664,48 @@ def test_what_the_fuzzer_found_is_refused_with_a_clear_message(packed_files, tmp
     path = tmp_path / "edited.safetensors"
     path.write_bytes(with_digest(np.random.default_rng(0), {**original.header, "__metadata__": meta}, original.data,
                                  chance=1.0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(ValueError, match=f"edited.safetensors: .*{message}"):
-            IntegerNet.load(path)
+    with pytest.raises(ValueError, match=f"edited.safetensors: .*{message}"):
+        load_edited(path)
+
+
+IN_RANGE = "each must be a finite positive number within fp32's normal range"
+
+
+def set_filter(index: int, value: float):
+    def edit(sos: np.ndarray) -> np.ndarray:
+        sos = sos.copy()
+        sos[index] = value
+        return sos
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_filter(0, np.nan), f"the scale-of-scales of filter 0 is nan; {IN_RANGE}"),
+    (set_filter(1, np.inf), f"the scale-of-scales of filter 1 is inf; {IN_RANGE}"),
+    (set_filter(2, 0.0), f"the scale-of-scales of filter 2 is 0.0; {IN_RANGE}"),
+    (set_filter(3, -0.25), f"the scale-of-scales of filter 3 is -0.25; {IN_RANGE}"),
+    (set_filter(4, 1e-45), f"the scale-of-scales of filter 4 is 1e-45; {IN_RANGE}"),
+    (set_filter(5, 3e38), r"int8 scales of filter 5 times its scale-of-scales 3e\+38 overflow fp32"),
+    (lambda sos: sos[:-1], r"scale-of-scales is float32 \(15,\), expected float32 \(16,\)"),
+    (lambda sos: sos.reshape(1, -1), r"scale-of-scales is float32 \(1, 16\), expected float32 \(16,\)"),
+    (lambda sos: sos.astype(np.float64), r"scale-of-scales is float64 \(16,\), expected float32 \(16,\)"),
+    (lambda sos: None, r"int8 scales need a scale-of-scales per output filter \(fp32 \[K\]\), got none"),
+], ids=["nan", "inf", "zero", "negative", "subnormal", "overflowing", "short", "2-d", "float64", "missing"])
+def test_a_bad_scale_of_scales_array_is_refused_naming_the_value(packed_files, tmp_path, edit, message):
+    """A layer's fp32 [K] scale-of-scales (one JSON float per layer before version 3), with a digest that
+    matches: the CIFAR ResNet-8 file's first layer with int8 scales, K = 16 filters."""
+    original = Original.read(packed_files[1])
+    name = next(name for name in sorted(original.tensors) if name.endswith(".scale_of_scales"))
+    tensors = dict(original.tensors)
+    edited = edit(tensors.pop(name))
+    if edited is not None:
+        tensors[name] = edited
+    path = tmp_path / "edited.safetensors"
+    path.write_bytes(save_arrays(np.random.default_rng(0), original, tensors, chance=1.0))
+    layer = name.removesuffix(".scale_of_scales")
+    with pytest.raises(ValueError, match=f"edited.safetensors: layer '{layer}': {message}"):
+        load_edited(path)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,21 @@ TWIN_ARCHITECTURES = [p for p in ARCHITECTURES if p.id in {"digits_cnn", "cifar_
 
 @pytest.mark.parametrize("build, size, channels, free_running", TWIN_ARCHITECTURES)
 def test_twin_and_integer_net_give_identical_logits(tmp_path, build, size, channels, free_running):
-    """fp32 and fp16 scales: the same float32 logits, not close ones (the random-weight ResNet-50
-    included, whose float fake-quant model drifts away from both)."""
+    """fp32, fp16 and int8 scales (int8 multiples of each filter's fp32 scale-of-scales): the same
+    float32 logits, not close ones (the random-weight ResNet-50 included, whose float fake-quant model
+    drifts away from both). One and two images too: layers with fewer than 3 output positions (the
+    torchvision ResNets' last stage at 32x32) then run the tiled GEMV, which reads int8 scales as stored."""
     model = quantized(build, size, channels)
     images = torch.randn(IMAGES, channels, size, size)
-    for scale_dtype in ("fp32", "fp16"):
+    for scale_dtype in ("fp32", "fp16", "int8"):
         net = IntegerNet.load(export_packed(model, tmp_path / f"{scale_dtype}.fgq", scale_dtype=scale_dtype))
         with torch.no_grad():
             twin = torch_twin(model, scale_dtype)(images).numpy()
-        integer = net(images.numpy())
-        assert twin.dtype == integer.dtype == np.float32
-        assert np.array_equal(twin, integer), (scale_dtype, float(np.abs(twin - integer).max()))
+        for batch in (IMAGES, 2, 1):
+            integer = net(images[:batch].numpy())
+            assert twin.dtype == integer.dtype == np.float32
+            assert np.array_equal(twin[:batch], integer), (scale_dtype, batch,
+                                                           float(np.abs(twin[:batch] - integer).max()))
 
 
 def test_twin_layer_helpers_follow_the_packed_order_for_odd_shapes(tmp_path):

@@ -1,6 +1,6 @@
 """Export a calibrated fake-quant model to a packed file that :class:`IntegerNet` runs.
 
-torch.fx traces the model (see :mod:`.fx_trace`) into the graph of format version 2; every
+torch.fx traces the model (see :mod:`.fx_trace`) into the network graph (see :mod:`.graph`); every
 quantized layer is packed with the BatchNorm after it folded in (see :mod:`.layer_packing`); the
 graph is validated against the packed layers as the loader will; only then is the file written,
 so a model the integer path cannot run leaves no file behind.

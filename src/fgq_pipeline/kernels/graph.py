@@ -1,4 +1,4 @@
-"""The network graph of a packed file (format version 2): a DAG of named float32 values.
+"""The network graph of a packed file (since format version 2): a DAG of named float32 values.
 
 A graph is a list of nodes in an order that runs (every input defined by an earlier node):
 

@@ -18,16 +18,15 @@ import numpy as np
 from .activations import ActivationFormat
 from .codes import pack_codes
 from .packed_checks import validate_layer
-from .scales import SCALE_BITS, decode_scales, encode_scales
-
-FP32_BITS = 32
+from .scales import SCALE_BITS, SCALE_OF_SCALES_BITS, decode_scales, encode_scales
 
 
 @dataclass(frozen=True)
 class PackedLayer:
     """``weights``: uint8 codes [K, ceil(L / 4)] (ternary) or int8 [K, L] (int8).
 
-    ``scales`` are stored in ``scale_dtype`` ([K, groups per filter]); the kernels use
+    ``scales`` are stored in ``scale_dtype`` ([K, groups per filter]); int8 scales multiply
+    ``scale_of_scales`` (fp32 [K], one per output filter; None for fp32 and fp16). The kernels use
     :attr:`fp32_scales`. ``bias`` (fp32 [K]) holds the layer bias, the bias correction and any
     folded BatchNorm shift. ``group_size`` is the effective N (capped at C), None for int8 layers.
     """
@@ -43,7 +42,7 @@ class PackedLayer:
     weights: np.ndarray
     scales: np.ndarray
     scale_dtype: str
-    scale_of_scales: float | None
+    scale_of_scales: np.ndarray | None
     bias: np.ndarray
     activation: ActivationFormat
 
@@ -87,13 +86,14 @@ class PackedLayer:
 
     @property
     def storage_bits(self) -> int:
-        """Bits of weights and scales as stored (row padding and scale-of-scales included).
+        """Bits of weights and scales as stored (row padding and the per-filter scale-of-scales included).
 
         The fp32 bias is left out: every format, FP32 included, carries it.
         """
         weight_bits = self.weights.size * 8
         scale_bits = self.scales.size * SCALE_BITS[self.scale_dtype]
-        return weight_bits + scale_bits + (FP32_BITS if self.scale_of_scales is not None else 0)
+        sos_bits = 0 if self.scale_of_scales is None else self.scale_of_scales.size * SCALE_OF_SCALES_BITS
+        return weight_bits + scale_bits + sos_bits
 
 
 def bits_per_weight(layers: PackedLayer | list[PackedLayer]) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .activations import ActivationFormat
 from .codes import code_faults, packed_row_bytes
-from .scales import FP32_MAX, FP32_MIN_NORMAL, INT8_SCALE_MAX, SCALE_DTYPES
+from .scales import FP32_MAX, FP32_MIN_NORMAL, INT8_SCALE_MAX, SCALE_DTYPES, fp32_text
 
 if TYPE_CHECKING:
     from .packed import PackedLayer
@@ -83,19 +83,33 @@ def _check_scales(layer: PackedLayer) -> None:
         raise ValueError(f"scale dtype must be one of {tuple(SCALE_DTYPES)}, got {layer.scale_dtype!r}")
     _check_array(layer.scales, "scales", SCALE_DTYPES[layer.scale_dtype], (layer.out_channels, layer.groups_per_filter))
     if layer.scale_dtype == "int8":
-        sos = layer.scale_of_scales
-        if not isinstance(sos, float) or not FP32_MIN_NORMAL <= sos <= FP32_MAX:
-            raise ValueError(f"int8 scales need a scale-of-scales that is a finite positive number within fp32's "
-                             f"normal range, got {sos!r}")
-        if (layer.scales == -INT8_SCALE_MAX - 1).any():
-            raise ValueError("int8 scales must lie in [-127, 127], found -128")
-        with np.errstate(over="ignore"):
-            if not np.isfinite(layer.fp32_scales).all():
-                raise ValueError(f"int8 scales times the scale-of-scales {sos!r} overflow fp32")
+        _check_scale_of_scales(layer)
     elif layer.scale_of_scales is not None:
-        raise ValueError(f"only int8 scales take a scale-of-scales, got {layer.scale_of_scales!r}")
+        raise ValueError(f"only int8 scales take a scale-of-scales, got one with {layer.scale_dtype} scales "
+                         f"({_describe(layer.scale_of_scales)})")
     if not np.isfinite(layer.scales).all():
         raise ValueError("scales hold NaN or Inf")
+
+
+def _check_scale_of_scales(layer: PackedLayer) -> None:
+    """One fp32 per output filter, each a normal positive number, that no stored int8 scale overflows."""
+    sos = layer.scale_of_scales
+    if sos is None:
+        raise ValueError("int8 scales need a scale-of-scales per output filter (fp32 [K]), got none")
+    _check_array(sos, "scale-of-scales", np.float32, (layer.out_channels,))
+    bad = ~((sos >= FP32_MIN_NORMAL) & (sos <= FP32_MAX))  # NaN fails both comparisons
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"the scale-of-scales of filter {row} is {fp32_text(sos[row])}; each must be a finite "
+                         f"positive number within fp32's normal range [{FP32_MIN_NORMAL}, {FP32_MAX}]")
+    if (layer.scales == -INT8_SCALE_MAX - 1).any():
+        row = int(np.argmax((layer.scales == -INT8_SCALE_MAX - 1).any(axis=1)))
+        raise ValueError(f"int8 scales must lie in [-127, 127], found -128 in filter {row}")
+    with np.errstate(over="ignore"):
+        overflowing = ~np.isfinite(layer.fp32_scales).all(axis=1)
+    if overflowing.any():
+        row = int(np.argmax(overflowing))
+        raise ValueError(f"int8 scales of filter {row} times its scale-of-scales {fp32_text(sos[row])} overflow fp32")
 
 
 def _check_accumulator(layer: PackedLayer) -> None:
@@ -112,6 +126,11 @@ def _check_array(array: object, what: str, dtype: type, shape: tuple[int, ...]) 
         raise ValueError(f"{what} must be a numpy array, got {type(array).__name__}")
     if array.dtype != dtype or array.shape != shape:
         raise ValueError(f"{what} is {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}")
+
+
+def _describe(value: object) -> str:
+    """An array by dtype and shape (its values can be many), anything else by its type."""
+    return f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
 
 
 def _is_int(value: object) -> bool:

@@ -1,5 +1,6 @@
-"""A whole packed model in one safetensors file: every layer's arrays, plus JSON metadata in the
-header (format version, per-layer geometry and formats, the network graph, a SHA-256 digest).
+"""A whole packed model in one safetensors file: every layer's arrays (``<layer>.weights``,
+``.scales``, ``.bias``, and with int8 scales ``.scale_of_scales``, fp32 [K]), plus JSON metadata in
+the header (format version, per-layer geometry and formats, the network graph, a SHA-256 digest).
 
 No pickle is involved. The loader trusts nothing: every layer is re-validated, every array's dtype
 and shape is checked against the metadata, and the digest catches a flipped byte that still
@@ -23,12 +24,13 @@ from .activations import ActivationFormat
 from .packed import PackedLayer
 
 FORMAT_NAME = "fgq-packed"
-FORMAT_VERSION = 2  # 2: graph of named values (see graph.py), conv dilation
-ARRAYS = ("weights", "scales", "bias")
+FORMAT_VERSION = 3  # 2: graph of named values (see graph.py), conv dilation; 3: a scale-of-scales per filter
+ARRAYS = ("weights", "scales", "bias")  # every layer's; int8 scales add SCALE_OF_SCALES
+SCALE_OF_SCALES = "scale_of_scales"
 _BRIEF = reprlib.Repr()  # header values in messages: a corrupt file's can be huge
 _BRIEF.maxstring = _BRIEF.maxother = 80
 LAYER_FIELDS = ("name", "kind", "weight_format", "weight_shape", "stride", "padding", "dilation", "group_size",
-                "scale_dtype", "scale_of_scales", "activation")
+                "scale_dtype", "activation")
 REEXPORT = "re-export it from its model with fgq_pipeline.kernels.export_packed(model, path)"
 
 
@@ -47,7 +49,7 @@ def save_packed(path: str | Path, layers: list[PackedLayer], graph: list[dict] |
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique, got {names}")
     tensors = {f"{layer.name}.{array}": np.ascontiguousarray(getattr(layer, array)) for layer in layers
-               for array in ARRAYS}
+               for array in _arrays(layer)}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -84,7 +86,7 @@ def _parse(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> PackedMo
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         raise ValueError(f"format version {_BRIEF.repr(version)} is not supported; this reader reads version "
-                         f"{FORMAT_VERSION} and does not convert older graphs: {REEXPORT}")
+                         f"{FORMAT_VERSION} and does not convert older files: {REEXPORT}")
     layer_entries = _json(metadata, "layers")
     graph = _json(metadata, "graph")
     if not isinstance(layer_entries, list) or not layer_entries:
@@ -97,7 +99,7 @@ def _parse(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> PackedMo
         if layer.name in layers:
             raise ValueError(f"layer {layer.name!r} is listed twice")
         layers[layer.name] = layer
-    expected = {f"{name}.{array}" for name in layers for array in ARRAYS}
+    expected = {f"{name}.{array}" for name, layer in layers.items() for array in _arrays(layer)}
     if set(tensors) != expected:
         raise ValueError(f"arrays {sorted(set(tensors) - expected)} are not described by the header")
     if metadata.get("sha256") != _digest({k: v for k, v in metadata.items() if k != "sha256"}, tensors):
@@ -124,7 +126,7 @@ def _layer_from(entry: object, tensors: dict[str, np.ndarray]) -> PackedLayer:
         weight_shape=_tuple(entry["weight_shape"]), stride=_tuple(entry["stride"]),
         padding=_tuple(entry["padding"]), dilation=_tuple(entry["dilation"]), group_size=entry["group_size"],
         weights=tensors[f"{name}.weights"], scales=tensors[f"{name}.scales"], scale_dtype=entry["scale_dtype"],
-        scale_of_scales=entry["scale_of_scales"], bias=tensors[f"{name}.bias"],
+        scale_of_scales=tensors.get(f"{name}.{SCALE_OF_SCALES}"), bias=tensors[f"{name}.bias"],
         activation=activation,
     )
 
@@ -135,9 +137,13 @@ def _layer_metadata(layer: PackedLayer) -> dict:
         "name": layer.name, "kind": layer.kind, "weight_format": layer.weight_format,
         "weight_shape": list(layer.weight_shape), "stride": _list(layer.stride), "padding": _list(layer.padding),
         "dilation": _list(layer.dilation), "group_size": layer.group_size, "scale_dtype": layer.scale_dtype,
-        "scale_of_scales": layer.scale_of_scales,
         "activation": {"scale": float(activation.scale), "bits": activation.bits, "signed": activation.signed},
     }
+
+
+def _arrays(layer: PackedLayer) -> tuple[str, ...]:
+    """The layer's array names in the file (a scale-of-scales that is present is validated, not ignored)."""
+    return ARRAYS if layer.scale_of_scales is None else (*ARRAYS, SCALE_OF_SCALES)
 
 
 def _digest(metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> str:

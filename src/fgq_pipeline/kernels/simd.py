@@ -206,26 +206,53 @@ _SCALE_VECTORS = {  # how 16 stored scales load and widen to fp32 (fp16 arrives 
 }
 
 
+def _scale_vector(builder, context, array_type, array, index):
+    """16 stored scales at ``array[index:]``, widened to fp32 (exact for every stored dtype)."""
+    stored, widen = _SCALE_VECTORS[array_type.dtype]
+    return widen(builder, builder.load(_element_pointer(context, builder, array_type, array, index, stored), align=1))
+
+
+def _add_product(builder, acc, sums, scale):
+    product = builder.fmul(builder.sitofp(sums, _FLOAT_VECTOR), scale)  # no "contract": two roundings,
+    return builder.fadd(acc, product)  # as the torch twin computes them (no FMA)
+
+
 @intrinsic
 def add_scaled(typingctx, acc, sums, scales, index):
     """acc + float(sums) * scales[index:index + 16]: one group's exact sums into the fp32 total.
 
-    Scales may be stored as fp32, fp16 (passed as a uint16 view: Numba has no CPU float16; needs
-    F16C, see HAS_F16C) or int8 (the caller multiplies the total by the scale-of-scales); each widens
-    to fp32 exactly.
+    Scales may be stored as fp32 or fp16 (passed as a uint16 view: Numba has no CPU float16; needs
+    F16C, see HAS_F16C); each widens to fp32 exactly. int8 scales belong to :func:`add_scaled_by`;
+    they type here too because Numba prunes a ``multipliers is None`` branch only when it is None,
+    so with int8 scales the GEMV's unused fp32 branch must still compile.
     """
     if not _flat(scales, *_SCALE_VECTORS):
         return None
-    stored, widen = _SCALE_VECTORS[scales.dtype]
 
     def codegen(context, builder, sig, args):
         acc, sums, array, index = args
-        pointer = _element_pointer(context, builder, sig.args[2], array, index, stored)
-        scale = widen(builder, builder.load(pointer, align=1))
-        product = builder.fmul(builder.sitofp(sums, _FLOAT_VECTOR), scale)  # no "contract": two roundings,
-        return builder.fadd(acc, product)  # as the torch twin computes them (no FMA)
+        return _add_product(builder, acc, sums, _scale_vector(builder, context, sig.args[2], array, index))
 
     return float_vector(float_vector, int_vector, scales, index), codegen
+
+
+@intrinsic
+def add_scaled_by(typingctx, acc, sums, scales, index, multipliers, multiplier_index):
+    """acc + float(sums) * (float(scales[index:]) * multipliers[multiplier_index:]), 16 lanes.
+
+    int8 scales as stored times each output's fp32 scale-of-scales: the scale is rounded once, to
+    the fp32 scale the other kernels decode at load, before it multiplies the group sum.
+    """
+    if not _flat(scales, types.int8) or not _flat(multipliers, types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, sums, array, index, factors, factor_index = args
+        pointer = _element_pointer(context, builder, sig.args[4], factors, factor_index, _FLOAT_VECTOR)
+        scale = builder.fmul(_scale_vector(builder, context, sig.args[2], array, index), builder.load(pointer, align=4))
+        return _add_product(builder, acc, sums, scale)
+
+    return float_vector(float_vector, int_vector, scales, index, multipliers, multiplier_index), codegen
 
 
 @intrinsic

@@ -43,6 +43,7 @@ from .simd import (
     HAS_F16C,
     LANES,
     add_scaled,
+    add_scaled_by,
     broadcast_quad,
     decode_codes,
     dot4,
@@ -111,14 +112,18 @@ def _batched_kernel(x, weights, scales, offsets, group_ends, signed, bias, act_s
 
 
 @njit(cache=True, parallel=True)
-def _gemv_kernel(x, codes, scales, offsets, group_ends, signed, bias, act_scale, out):
-    """One task per group of 4 tiles (64 outputs): four independent accumulator chains, one code stream."""
+def _gemv_kernel(x, codes, scales, multipliers, offsets, group_ends, signed, bias, act_scale, out):
+    """One task per group of 4 tiles (64 outputs): four independent accumulator chains, one code stream.
+
+    ``multipliers`` (int8 scales: each output's scale-of-scales) or None; Numba compiles the None
+    case without the branch that reads them."""
     rows, length = x.shape
     tiles = out.shape[1] // TILE
     width = out.shape[1]
     x_flat, out_flat = x.ravel(), out.ravel()
     for task in prange(codes.shape[0]):
         c, s, o = codes[task].ravel(), scales[task].ravel(), offsets[task].ravel()
+        lanes = task * GROUP_LANES  # this task's first output: its multipliers
         for m in range(rows):
             row = m * length
             f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
@@ -135,8 +140,14 @@ def _gemv_kernel(x, codes, scales, offsets, group_ends, signed, bias, act_scale,
                 if signed:
                     a0, a1 = int_sub(a0, o, gs), int_sub(a1, o, gs + TILE)
                     a2, a3 = int_sub(a2, o, gs + 2 * TILE), int_sub(a3, o, gs + 3 * TILE)
-                f0, f1 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs + TILE)
-                f2, f3 = add_scaled(f2, a2, s, gs + 2 * TILE), add_scaled(f3, a3, s, gs + 3 * TILE)
+                if multipliers is None:
+                    f0, f1 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs + TILE)
+                    f2, f3 = add_scaled(f2, a2, s, gs + 2 * TILE), add_scaled(f3, a3, s, gs + 3 * TILE)
+                else:
+                    f0 = add_scaled_by(f0, a0, s, gs, multipliers, lanes)
+                    f1 = add_scaled_by(f1, a1, s, gs + TILE, multipliers, lanes + TILE)
+                    f2 = add_scaled_by(f2, a2, s, gs + 2 * TILE, multipliers, lanes + 2 * TILE)
+                    f3 = add_scaled_by(f3, a3, s, gs + 3 * TILE, multipliers, lanes + 3 * TILE)
                 start = group_ends[g]
             for i, f in enumerate((f0, f1, f2, f3)):
                 tile = task * TILE_GROUP + i
@@ -151,14 +162,16 @@ class GemvOperands:
     one stream each for the four tiles' accumulators (per-tile arrays, four streams, were about 10%
     slower at batch 1; this order was slower in the batched kernel).
 
-    The scales stay as the file stores them (fp32; fp16 as its uint16 bits; int8, the outputs then
-    multiplied by ``scale_multiplier``, the scale-of-scales): at N=4 the scales are most of what a
-    batch-1 layer reads, 8 bits per weight in fp32 against 2 for the codes."""
+    The scales stay as the file stores them (fp32; fp16 as its uint16 bits; int8, with
+    ``multipliers`` fp32 [K rounded up to 64], each output's scale-of-scales, else None): at N=4
+    the scales are most of what a batch-1 layer reads, 8 bits per weight in fp32 against 2 for the
+    codes. An int8 scale is widened and multiplied by its output's scale-of-scales per group, so the
+    GEMV adds the same fp32 products as the kernels that decode the scales at load."""
 
     codes: np.ndarray
     scales: np.ndarray
     offsets: np.ndarray
-    scale_multiplier: float
+    multipliers: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -212,9 +225,12 @@ class TiledLayer:
             stored = np.zeros((padded, len(group_ends)), dtype=layer.scales.dtype if as_stored else np.float32)
             stored[:outputs] = layer.scales if as_stored else layer.fp32_scales
             stored = stored.view(np.uint16) if stored.dtype == np.float16 else stored
-            multiplier = 1.0 if layer.scale_of_scales is None else layer.scale_of_scales
+            multipliers = None
+            if layer.scale_of_scales is not None:
+                multipliers = np.ones(padded, dtype=np.float32)  # padding outputs have zero scales
+                multipliers[:outputs] = layer.scale_of_scales
             gemv = GemvOperands(_group_codes(by_quad), _lanes_major(stored, GROUP_LANES),
-                                _lanes_major(offsets, GROUP_LANES), multiplier)
+                                _lanes_major(offsets, GROUP_LANES), multipliers)
         return cls(
             weights=np.ascontiguousarray(by_quad[:tiles].reshape(tiles, quads, BYTES)),
             scales=_lanes_major(scales[:tiles * TILE], TILE),
@@ -237,8 +253,8 @@ class TiledLayer:
         out = np.empty((x.shape[0], tiles * TILE), dtype=np.float32)
         if self.gemv is not None and x.shape[0] < GEMV_MAX_ROWS:
             gemv = self.gemv
-            _gemv_kernel(x, gemv.codes, gemv.scales, gemv.offsets, self.group_ends, signed, self.bias,
-                         np.float32(act_scale * gemv.scale_multiplier), out)
+            _gemv_kernel(x, gemv.codes, gemv.scales, gemv.multipliers, gemv.offsets, self.group_ends, signed,
+                         self.bias, np.float32(act_scale), out)
         else:
             _batched_kernel(x, self.weights, self.scales, self.offsets, self.group_ends, signed, self.bias,
                             np.float32(act_scale), out)

@@ -151,8 +151,9 @@ def measure_packed(path: str | Path) -> dict:
     ``file_bytes``: its size on disk, header (layer metadata, graph), biases and padding included.
     ``bits_per_weight``: ``kernels.bits_per_weight`` over all its layers, i.e. the stored weight
     bits (2-bit ternary codes with each row padded to whole bytes, and the int8 weights of layers
-    kept at 8 bits) plus the stored scale bits (and an int8 layer's fp32 scale-of-scales), divided
-    by the number of weights; biases and the header are left out, as FP32 carries them too.
+    kept at 8 bits) plus the stored scale bits (and, with int8 scales, one fp32 scale-of-scales per
+    output filter), divided by the number of weights; biases and the header are left out, as FP32
+    carries them too.
     """
     packed = load_packed(path)
     return {"file_bytes": os.stat(path).st_size, "bits_per_weight": bits_per_weight(list(packed.layers.values()))}
