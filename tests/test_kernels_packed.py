@@ -76,6 +76,13 @@ def test_round_trip_keeps_codes_scales_and_metadata_exactly(tmp_path):
     assert list(loaded.layers) == ["features.3", "classifier"]
 
 
+def test_the_same_layers_always_give_the_same_bytes(tmp_path):
+    layers = [ternary_layer()[0], int8_layer()]
+    first = save_packed(tmp_path / "first.fgq", layers).read_bytes()
+    assert all(save_packed(tmp_path / f"{i}.fgq", layers).read_bytes() == first for i in range(8))
+    assert load_packed(tmp_path / "first.fgq").layers["classifier"].weights.tobytes() == int8_layer().weights.tobytes()
+
+
 def test_int8_scales_keep_their_scale_of_scales_as_an_fp32_array_per_filter(tmp_path):
     layer = ternary_layer("int8", spread=True)[0]
     path = write(tmp_path, [layer])

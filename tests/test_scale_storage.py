@@ -59,7 +59,7 @@ def small_cnn() -> nn.Sequential:
     ).eval()
 
 
-@pytest.mark.parametrize("scale_dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("scale_dtype", ["fp32", "fp16", "int8"])
 def test_the_fake_quant_model_uses_the_stored_scales_and_counts_the_packed_bits(scale_dtype):
     config = QuantConfig(group_size=4, scale_dtype=scale_dtype, act_calibration="max")
     model = quantize_model(small_cnn(), config)

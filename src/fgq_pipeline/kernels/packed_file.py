@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from ..atomic import atomic_path
 from .activations import ActivationFormat
 from .packed import PackedLayer
 
 FORMAT_NAME = "fgq-packed"
+HEADER_LENGTH_BYTES = 8  # safetensors: a little-endian u64 header length, the JSON header, the data
+HEADER_ALIGNMENT = 8  # the header is space-padded so the data starts 8-byte aligned
 FORMAT_VERSION = 3  # 2: graph of named values (see graph.py), conv dilation; 3: a scale-of-scales per filter
 ARRAYS = ("weights", "scales", "bias")  # every layer's; int8 scales add SCALE_OF_SCALES
 SCALE_OF_SCALES = "scale_of_scales"
@@ -58,8 +60,19 @@ def save_packed(path: str | Path, layers: list[PackedLayer], graph: list[dict] |
     }
     metadata["sha256"] = _digest(metadata, tensors)
     with atomic_path(path) as temp:
-        save_file(tensors, str(temp), metadata=metadata)
+        Path(temp).write_bytes(_with_sorted_metadata(save(tensors, metadata=metadata)))
     return path
+
+
+def _with_sorted_metadata(data: bytes) -> bytes:
+    """safetensors writes the metadata keys in hash order; sorted, equal models give equal files
+    (a DVC output's hash then changes only when the model does)."""
+    length = int.from_bytes(data[:HEADER_LENGTH_BYTES], "little")
+    header = json.loads(data[HEADER_LENGTH_BYTES:HEADER_LENGTH_BYTES + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % HEADER_ALIGNMENT)
+    return len(text).to_bytes(HEADER_LENGTH_BYTES, "little") + text + data[HEADER_LENGTH_BYTES + length:]
 
 
 def load_packed(path: str | Path) -> PackedModel:
