@@ -17,9 +17,9 @@ from .project import resolve_path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 EXIT_USER_ERROR = 2
-OUTPUT_PATHS = ("data_manifest", "fp32_weights", "fp32_metrics", "ptq_results", "ptq_metrics", "finetuned_weights",
-                "finetune_checkpoints", "finetune_results", "finetune_metrics", "reports", "cost_tables",
-                "bench_reports", "bench_metrics", "exports", "export_metrics")
+OUTPUT_PATHS = ("data_manifest", "fp32_weights", "fp32_metrics", "ptq_results", "ptq_metrics", "ptq_progress",
+                "finetuned_weights", "finetune_checkpoints", "finetune_results", "finetune_metrics", "reports",
+                "cost_tables", "bench_reports", "bench_metrics", "exports", "export_metrics")
 T = TypeVar("T")
 
 

@@ -1,4 +1,4 @@
-"""Post-training FGQ: quantize the FP32 model, repair, calibrate, evaluate; one config or a grid."""
+"""Post-training FGQ: quantize the FP32 model, repair, calibrate, evaluate (one config; the grid: ptq_grid_run)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import dataclasses
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ..builders import build_datamodule, build_model, calibration_batches
 from ..quant import (
@@ -19,8 +18,8 @@ from ..quant import (
 from ..seeding import seed_everything
 from ..tracking import RunLog
 from ..train import evaluate
-from .ptq_grid import ptq_grid, quant_config
-from .records import result_record, run_name
+from .ptq_grid import quant_config
+from .records import result_record
 from .scoring import score
 
 ACTIVATION_FIELDS = ("act_bits", "act_calibration", "act_percentile", "power_of_two_scale")
@@ -56,7 +55,8 @@ class PostTrainingQuantizer:
         return result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
 
 
-def _fp32(cfg: DictConfig):
+def fp32_reference(cfg: DictConfig):
+    """The data, the FP32 model and its top-1: what every PTQ record is measured against."""
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
@@ -66,24 +66,5 @@ def _fp32(cfg: DictConfig):
 
 def run_ptq(cfg: DictConfig, log: RunLog) -> dict:
     """The ``cfg.quant`` configuration: one record (the caller logs it)."""
-    datamodule, model, fp32_top1 = _fp32(cfg)
+    datamodule, model, fp32_top1 = fp32_reference(cfg)
     return PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
-
-
-def run_ptq_grid(cfg: DictConfig, log: RunLog) -> list[dict]:
-    """Every config of ``cfg.ptq`` (and ``cfg.quant``), each logged as a child run of ``log``."""
-    datamodule, model, fp32_top1 = _fp32(cfg)
-    quantizer = PostTrainingQuantizer(cfg, model, datamodule)
-    records = []
-    for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config", mininterval=2.0):
-        with log.child_run("ptq", quant.to_dict(), run_name(quant)) as child:
-            record = quantizer.evaluate(quant, fp32_top1)
-            child.log_metrics(record)
-        records.append(record)
-    return records
-
-
-def headline_record(cfg: DictConfig, records: list[dict]) -> dict:
-    """The grid's record of ``cfg.quant``, the configuration the stage's metrics report."""
-    headline = quant_config(cfg).to_dict()
-    return next(r for r in records if all(r[k] == v for k, v in headline.items()))
