@@ -90,5 +90,5 @@ def drop_quantization(x: torch.Tensor, quantized: torch.Tensor, drop_prob: float
     """QDrop: each element keeps its float value with probability ``drop_prob``."""
     if drop_prob == 0:
         return quantized
-    keep_float = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < drop_prob
-    return torch.where(keep_float, x, quantized)
+    keep_float = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < drop_prob).to(x.dtype)
+    return quantized + keep_float * (x - quantized)  # a select as arithmetic: several times faster than where on CPUs
