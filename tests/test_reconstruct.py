@@ -11,6 +11,7 @@ import torchvision
 from fgq_pipeline.kernels import IntegerNet, export_packed
 from fgq_pipeline.kernels.torch_twin import torch_twin
 from fgq_pipeline.models import CifarResNet
+from fgq_pipeline.params import compose_config
 from fgq_pipeline.quant import (
     QuantConfig,
     ReconstructConfig,
@@ -20,6 +21,7 @@ from fgq_pipeline.quant import (
     reconstruction_blocks,
     ternarize,
 )
+from fgq_pipeline.tasks.ptq_grid import reconstruct_config
 
 SIZE = 16
 SETTINGS = ReconstructConfig(iterations=60, batch_size=16)
@@ -126,3 +128,11 @@ def test_reconstruction_without_the_fp32_model_and_unknown_roundings_are_refused
         post_training_quantize(quantize_model(fp32_resnet(), config), config, calibration())
     with pytest.raises(ValueError, match="'reconstruct'.*'adaround'"):
         QuantConfig(rounding="adaround")
+
+
+def test_the_config_section_is_validated_naming_a_misspelt_setting():
+    assert reconstruct_config(compose_config()) == ReconstructConfig(**compose_config().reconstruct)
+    with pytest.raises(ValueError, match=r"\['iteration'\]"):
+        reconstruct_config(compose_config(["+reconstruct.iteration=5"]))
+    with pytest.raises(ValueError, match=r"reconstruct\.lr .*-0\.5"):
+        reconstruct_config(compose_config(["reconstruct.lr=-0.5"]))

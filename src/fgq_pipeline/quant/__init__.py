@@ -5,6 +5,7 @@ from .config import QuantConfig, ReconstructConfig
 from .gptq import gptq_ternarize
 from .modules import QuantConv2d, QuantLinear, WeightFormat
 from .opcount import NetworkOps, count_ops, paper_speedup
+from .reconstruct import reconstruct_blocks, reconstruction_blocks
 from .repair import (
     calibrate_activations,
     correct_bias,
@@ -12,7 +13,6 @@ from .repair import (
     reestimate_batchnorm,
     repair_weights,
 )
-from .reconstruct import reconstruct_blocks, reconstruction_blocks
 from .surgery import quant_layers, quantize_model, reset_activation_quantizers
 from .ternary import TernaryWeights, ternarize
 

@@ -185,8 +185,10 @@ def _fit_block(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, se
         {"params": [p for learner in learners for p in learner.code_parameters()], "lr": settings.lr},
         {"params": [p for learner in learners for p in learner.scale_parameters()], "lr": settings.scale_lr},
     ])
-    cosine = lambda it: 0.5 * (1 + math.cos(math.pi * it / settings.iterations))  # noqa: E731
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda it: 1.0, cosine])
+    def cosine(iteration: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * iteration / settings.iterations))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda _: 1.0, cosine])
     for layer, learner in zip(layers, learners):
         layer.forward = learner.forward  # an instance attribute: Module.__call__ runs it instead of the class's
     try:

@@ -40,4 +40,8 @@ def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
 
 def reconstruct_config(cfg: DictConfig) -> ReconstructConfig:
     """``cfg.reconstruct``, the settings of ``rounding: reconstruct``, validated."""
-    return ReconstructConfig(**OmegaConf.to_container(cfg.reconstruct, resolve=True))
+    settings = OmegaConf.to_container(cfg.reconstruct, resolve=True)
+    unknown = sorted(set(settings) - set(ReconstructConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"reconstruct has no setting {unknown}; settings are {sorted(ReconstructConfig.__dataclass_fields__)}")
+    return ReconstructConfig(**settings)
