@@ -34,7 +34,8 @@ def post_training_quantize(model: nn.Module, config: QuantConfig, calibration_ba
     repair_weights(model, config, calibration_batches)
     calibrate_activations(model, calibration_batches)
     if config.rounding == "reconstruct":
-        from .reconstruct import reconstruct_blocks  # here: reconstruct imports this module
+        # imported here because reconstruct imports this module (its BN re-estimation)
+        from .reconstruct import reconstruct_blocks
 
         reconstruct_blocks(model, fp32_model, calibration_batches, reconstruct or ReconstructConfig(), seed)
     return model
