@@ -109,6 +109,21 @@ def test_calibration_loader_draws_seeded_subset_of_training_split(digits_root):
         datamodule.calibration_dataloader(datamodule.num_train_images + 1, augment=False, seed=0)
 
 
+def test_holdout_split_is_training_images_that_calibration_with_the_same_seed_never_draws(digits_root):
+    datamodule = DigitsDataModule(root=digits_root, eval_batch_size=64)
+    total, held = datamodule.num_train_images, 300
+    holdout = datamodule.holdout_dataloader(held, seed=3)
+    calibration = datamodule.calibration_dataloader(total - held, augment=False, seed=3)
+    images = torch.cat([b[0] for b in holdout])
+    assert torch.equal(images, datamodule.train_images[holdout.dataset.indices])
+    assert len(images) == held
+    assert not set(holdout.dataset.indices) & set(calibration.dataset.indices)
+    assert holdout.dataset.indices == datamodule.holdout_dataloader(held, seed=3).dataset.indices
+    for bad in (0, total):
+        with pytest.raises(ValueError, match=f"num_images .*got {bad}"):
+            datamodule.holdout_dataloader(bad, seed=0)
+
+
 def test_augmentation_shifts_by_at_most_one_pixel_reproducibly(digits_root):
     datamodule = DigitsDataModule(root=digits_root)
     plain = next(iter(datamodule.calibration_dataloader(128, augment=False, seed=0)))[0]

@@ -31,6 +31,7 @@ def validate_config(cfg: DictConfig) -> None:
         finetune_quant_config,
         ptq_grid,
         quant_config,
+        reconstruct_config,
     )
 
     quant_config(cfg)
@@ -38,6 +39,8 @@ def validate_config(cfg: DictConfig) -> None:
         resolve_device(cfg.device)
     if "ptq" in cfg:
         ptq_grid(cfg)
+    if "reconstruct" in cfg:
+        reconstruct_config(cfg)
     if "finetune" in cfg:
         finetune_quant_config(cfg)
         _positive_int("finetune.epochs", cfg.finetune.epochs)

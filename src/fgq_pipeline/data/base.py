@@ -122,6 +122,21 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         dataset = Subset(self._training_dataset(augment), indices)
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
+    def holdout_dataloader(self, num_images: int, seed: int) -> DataLoader:
+        """Un-augmented training images from the far end of calibration's seeded order: a validation
+        split for choosing post-training settings that a calibration set of up to the remaining
+        images never draws from, so the test set stays unseen until the settings are fixed."""
+        available = self.num_train_images
+        if not 1 <= num_images < available:
+            raise ValueError(
+                f"num_images must be between 1 and {available - 1} (leaving training images to "
+                f"calibrate on), got {num_images!r}"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.randperm(available, generator=generator)[available - num_images:].tolist()
+        dataset = Subset(self._training_dataset(augment=False), indices)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
     def _ensure_setup(self) -> None:
         if not self._loaded:
             self.setup()

@@ -10,7 +10,7 @@ from .ternary import GroupSize, validate_group_size, validate_solver
 
 POLICIES = ("first_last_8bit", "ternarize_all")
 WEIGHT_FORMATS = ("ternary", "int2", "int3", "int4")  # int<b>: the uniform b-bit baseline, in the same groups
-ROUNDINGS = ("nearest", "gptq")
+ROUNDINGS = ("nearest", "gptq", "reconstruct")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class QuantConfig:
     """What ``quantize_model`` and the post-training repairs do.
 
     ``rounding`` "gptq" replaces per-group nearest rounding by error-compensating rounding
-    (see :mod:`.gptq`). ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
+    (see :mod:`.gptq`); "reconstruct" learns codes, scales, activation steps and biases block by
+    block against the FP32 model once activations are calibrated (see :mod:`.reconstruct`). ``policy`` keeps the first conv and the last classifier at 8-bit weights ("first_last_8bit",
     as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
     in float. ``scale_dtype`` is how the group scales are stored (fp32, fp16, or int8 multiples of one
     fp32 scale per filter), applied in the fake-quant model so accuracy is that of what is stored.
@@ -60,6 +61,53 @@ class QuantConfig:
     def uniform_bits(self) -> int | None:
         """b of an ``int<b>`` weight format; None for ternary."""
         return None if self.weight_format == "ternary" else int(self.weight_format.removeprefix("int"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """How ``rounding: reconstruct`` learns each block (see :mod:`.reconstruct`).
+
+    ``lr`` drives the soft codes (AdaRound's rounding logits), ``scale_lr`` the log group scales,
+    log activation steps and per-channel biases. For the first ``warmup`` share of the iterations
+    the codes move freely; then a penalty weighted ``round_weight`` pushes them to {-1, 0, +1},
+    its exponent falling from ``beta_start`` to ``beta_end``. ``drop_prob`` is QDrop's chance that
+    an activation skips quantization while a block learns. ``bn_reestimate`` re-estimates BatchNorm
+    statistics once every block is done (a switch: it can undo what the blocks learned).
+    """
+
+    iterations: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    scale_lr: float = 1e-3
+    drop_prob: float = 0.5
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    round_weight: float = 0.01
+    bn_reestimate: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"reconstruct.{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "scale_lr", "beta_start", "beta_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"reconstruct.{name} must be a positive number, got {value!r}")
+        for name in ("drop_prob", "warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"reconstruct.{name} must be in [0, 1), got {value!r}")
+        if isinstance(self.round_weight, bool) or not isinstance(self.round_weight, (int, float)) or self.round_weight < 0:
+            raise ValueError(f"reconstruct.round_weight must be 0 or more, got {self.round_weight!r}")
+        if self.beta_end > self.beta_start:
+            raise ValueError(f"reconstruct.beta_end must not exceed beta_start ({self.beta_start!r}), got {self.beta_end!r}")
+        if not isinstance(self.bn_reestimate, bool):
+            raise ValueError(f"reconstruct.bn_reestimate must be true or false, got {self.bn_reestimate!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,16 +17,27 @@ from torch import nn
 from ..devices import model_device
 from ..modes import eval_mode
 from .activation import ActQuantizer
-from .config import QuantConfig
+from .config import QuantConfig, ReconstructConfig
 from .gptq import gptq_ternarize
 from .modules import QuantConv2d
 from .surgery import quant_layers
 
 
-def post_training_quantize(model: nn.Module, config: QuantConfig, calibration_batches: Iterable) -> nn.Module:
-    """Weight repairs (as switched on in ``config``), then activation calibration."""
+def post_training_quantize(model: nn.Module, config: QuantConfig, calibration_batches: Iterable,
+                           fp32_model: nn.Module | None = None, reconstruct: ReconstructConfig | None = None,
+                           seed: int = 0) -> nn.Module:
+    """Weight repairs (as switched on in ``config``), then activation calibration; with
+    ``rounding: reconstruct``, block reconstruction against ``fp32_model`` last (``reconstruct``'s
+    settings, the defaults when None)."""
+    if config.rounding == "reconstruct" and fp32_model is None:
+        raise ValueError("rounding 'reconstruct' learns against the FP32 model: pass fp32_model")
     repair_weights(model, config, calibration_batches)
     calibrate_activations(model, calibration_batches)
+    if config.rounding == "reconstruct":
+        # imported here because reconstruct imports this module (its BN re-estimation)
+        from .reconstruct import reconstruct_blocks
+
+        reconstruct_blocks(model, fp32_model, calibration_batches, reconstruct or ReconstructConfig(), seed)
     return model
 
 

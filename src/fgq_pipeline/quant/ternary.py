@@ -75,10 +75,10 @@ class TernaryWeights:
 
     def dequantize(self) -> torch.Tensor:
         codes = self.codes.to(self.scales.dtype)
-        pos = _expand_scales(self.scales, self.codes.shape, self.group_size)
+        pos = expand_scales(self.scales, self.codes.shape, self.group_size)
         if self.neg_scales is None:
             return codes * pos
-        neg = _expand_scales(self.neg_scales, self.codes.shape, self.group_size)
+        neg = expand_scales(self.neg_scales, self.codes.shape, self.group_size)
         return torch.where(codes > 0, pos, neg) * codes
 
 
@@ -190,7 +190,7 @@ def _scale_layout(alpha: torch.Tensor, shape: torch.Size, group_size: GroupSize)
     return alpha.movedim(-1, 1).contiguous()  # [K, *kernel, G] -> [K, G, *kernel]
 
 
-def _expand_scales(scales: torch.Tensor, shape: torch.Size, group_size: GroupSize) -> torch.Tensor:
+def expand_scales(scales: torch.Tensor, shape: torch.Size, group_size: GroupSize) -> torch.Tensor:
     """Broadcast per-group scales back to one scale per weight."""
     if group_size == "layer":
         return scales.expand(shape)

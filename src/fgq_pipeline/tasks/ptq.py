@@ -12,13 +12,14 @@ from ..quant import (
     QuantConfig,
     calibrate_activations,
     quantize_model,
+    reconstruct_blocks,
     repair_weights,
     reset_activation_quantizers,
 )
 from ..seeding import seed_everything
 from ..tracking import RunLog
 from ..train import evaluate
-from .ptq_grid import quant_config
+from .ptq_grid import quant_config, reconstruct_config
 from .records import result_record
 from .scoring import score
 
@@ -30,11 +31,13 @@ class PostTrainingQuantizer:
 
     Repairs run with float activations, so configs that differ only in activation settings
     share them: a grid ordered with those fields varying fastest repairs each weight config once.
-    Every step is reseeded, so a result does not depend on what ran before it.
+    Every step is reseeded, so a result does not depend on what ran before it. Block reconstruction
+    (``rounding: reconstruct``) needs quantized activations, so it runs last, per config.
     """
 
     def __init__(self, cfg: DictConfig, fp32_model, datamodule):
         self.cfg, self.fp32_model, self.datamodule = cfg, fp32_model, datamodule
+        self.reconstruct = reconstruct_config(cfg)
         self._repaired: tuple[QuantConfig, object] | None = None
 
     def model(self, quant: QuantConfig):
@@ -47,6 +50,10 @@ class PostTrainingQuantizer:
         model = reset_activation_quantizers(copy.deepcopy(self._repaired[1]), quant)
         seed_everything(self.cfg.seed)
         calibrate_activations(model, calibration_batches(self.datamodule, self.cfg))
+        if quant.rounding == "reconstruct":
+            seed_everything(self.cfg.seed)
+            batches = calibration_batches(self.datamodule, self.cfg)
+            reconstruct_blocks(model, self.fp32_model, batches, self.reconstruct, self.cfg.seed)
         return model
 
     def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:

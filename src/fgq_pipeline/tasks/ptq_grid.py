@@ -9,7 +9,7 @@ import itertools
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..quant.config import QuantConfig
+from ..quant.config import QuantConfig, ReconstructConfig
 
 
 def quant_config(cfg: DictConfig, **overrides) -> QuantConfig:
@@ -36,3 +36,12 @@ def ptq_grid(cfg: DictConfig) -> list[QuantConfig]:
 def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
     """The configuration fine-tuning trains at: ``cfg.quant`` at the ``finetune`` group size and bits."""
     return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
+
+
+def reconstruct_config(cfg: DictConfig) -> ReconstructConfig:
+    """``cfg.reconstruct``, the settings of ``rounding: reconstruct``, validated."""
+    settings = OmegaConf.to_container(cfg.reconstruct, resolve=True)
+    unknown = sorted(set(settings) - set(ReconstructConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"reconstruct has no setting {unknown}; settings are {sorted(ReconstructConfig.__dataclass_fields__)}")
+    return ReconstructConfig(**settings)

@@ -1,0 +1,138 @@
+"""Block reconstruction (``rounding: reconstruct``): what it learns, that it is exact and reproducible,
+and that the integer path runs what it learned."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from fgq_pipeline.kernels import IntegerNet, export_packed
+from fgq_pipeline.kernels.torch_twin import torch_twin
+from fgq_pipeline.models import CifarResNet
+from fgq_pipeline.params import compose_config
+from fgq_pipeline.quant import (
+    QuantConfig,
+    ReconstructConfig,
+    post_training_quantize,
+    quant_layers,
+    quantize_model,
+    reconstruction_blocks,
+    ternarize,
+)
+from fgq_pipeline.tasks.ptq_grid import reconstruct_config
+
+SIZE = 16
+SETTINGS = ReconstructConfig(iterations=60, batch_size=16)
+
+
+def fp32_resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return CifarResNet(depth=8).eval()
+
+
+def calibration(count: int = 4) -> list[tuple[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 3, SIZE, SIZE, generator=generator),) for _ in range(count)]
+
+
+def quantized(rounding: str, seed: int = 0, settings: ReconstructConfig = SETTINGS, group_size=4) -> torch.nn.Module:
+    fp32 = fp32_resnet()
+    config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=4)
+    model = quantize_model(copy.deepcopy(fp32), config)
+    return post_training_quantize(model, config, calibration(), fp32_model=fp32, reconstruct=settings, seed=seed).eval()
+
+
+def block_outputs(model: torch.nn.Module, names: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    outputs = {}
+    handles = [model.get_submodule(name).register_forward_hook(lambda _m, _a, out, name=name: outputs.update({name: out}))
+               for name in names]
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return outputs
+
+
+def test_blocks_are_the_residual_blocks_and_the_layers_outside_them():
+    resnet8 = quantize_model(fp32_resnet(), QuantConfig())
+    assert reconstruction_blocks(resnet8, torch.randn(1, 3, SIZE, SIZE)) == [
+        "conv1", "layer1.0", "layer2.0", "layer3.0", "linear"]
+    resnet18 = quantize_model(torchvision.models.resnet18(num_classes=10).eval(), QuantConfig())
+    assert reconstruction_blocks(resnet18, torch.randn(1, 3, 32, 32)) == [
+        "conv1", *(f"layer{stage}.{block}" for stage in range(1, 5) for block in range(2)), "fc"]
+
+
+def test_reconstruction_lowers_every_block_output_error_below_nearest_rounding():
+    """Each block's output in the whole quantized network, against the FP32 network's, on calibration images."""
+    fp32, nearest, learned = fp32_resnet(), quantized("nearest"), quantized("reconstruct")
+    names = reconstruction_blocks(learned, torch.randn(1, 3, SIZE, SIZE))
+    images = torch.cat([batch[0] for batch in calibration()])
+    reference, before, after = (block_outputs(m, names, images) for m in (fp32, nearest, learned))
+    for name in names:
+        error_before = float((before[name] - reference[name]).square().mean())
+        error_after = float((after[name] - reference[name]).square().mean())
+        assert error_after < error_before, (name, error_after, error_before)
+
+
+@pytest.mark.parametrize("group_size", [4, "filter"])
+def test_learned_weights_are_exactly_their_own_ternarization_with_learned_scales(group_size):
+    model, nearest = quantized("reconstruct", group_size=group_size), quantized("nearest", group_size=group_size)
+    moved_scales = 0
+    for (name, layer), (_, plain) in zip(quant_layers(model), quant_layers(nearest)):
+        if layer.weight_format.kind != "ternary":
+            continue
+        weights = ternarize(layer.weight, group_size)
+        assert set(weights.codes.unique().tolist()) <= {-1, 0, 1}
+        assert torch.allclose(weights.dequantize(), layer.weight, rtol=1e-6, atol=0), name
+        assert torch.equal(ternarize(weights.dequantize(), group_size).codes, weights.codes), name
+        moved_scales += int((weights.scales != plain.ternary_weights().scales).sum())
+    assert moved_scales > 0
+
+
+def test_same_seed_same_weights_and_another_seed_other_weights():
+    first, again, other = quantized("reconstruct"), quantized("reconstruct"), quantized("reconstruct", seed=1)
+    state, repeat, changed = first.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(state[key], repeat[key]) for key in state)
+    assert any(not torch.equal(state[key], changed[key]) for key in state)
+
+
+def test_steps_and_biases_are_learned_and_the_integer_path_runs_them(tmp_path):
+    model, nearest = quantized("reconstruct"), quantized("nearest")
+    steps = [float(layer.input_quantizer.scale) for _, layer in quant_layers(model)]
+    assert steps != [float(layer.input_quantizer.scale) for _, layer in quant_layers(nearest)]
+    assert any(bool((a.bias_correction != b.bias_correction).any())
+               for (_, a), (_, b) in zip(quant_layers(model), quant_layers(nearest)))
+    images = torch.randn(20, 3, SIZE, SIZE)
+    with torch.no_grad():
+        twin = torch_twin(model)(images).numpy()
+        fake_quant = model(images).numpy()
+    integer = IntegerNet.load(export_packed(model, tmp_path / "reconstructed.fgq"))(images.numpy())
+    assert np.array_equal(twin, integer)
+    assert np.allclose(fake_quant, integer, atol=1e-3 * np.abs(fake_quant).max())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("iterations", 0), ("batch_size", 2.5), ("lr", 0.0), ("scale_lr", -1.0), ("drop_prob", 1.0),
+    ("warmup", -0.1), ("beta_end", 40.0), ("round_weight", -0.01), ("bn_reestimate", "yes"),
+])
+def test_bad_settings_are_refused_naming_the_value(field, value):
+    with pytest.raises(ValueError, match=rf"reconstruct\.{field} .*{value!r}"):
+        ReconstructConfig(**{field: value})
+
+
+def test_reconstruction_without_the_fp32_model_and_unknown_roundings_are_refused():
+    config = QuantConfig(rounding="reconstruct")
+    with pytest.raises(ValueError, match="fp32_model"):
+        post_training_quantize(quantize_model(fp32_resnet(), config), config, calibration())
+    with pytest.raises(ValueError, match="'reconstruct'.*'adaround'"):
+        QuantConfig(rounding="adaround")
+
+
+def test_the_config_section_is_validated_naming_a_misspelt_setting():
+    assert reconstruct_config(compose_config()) == ReconstructConfig(**compose_config().reconstruct)
+    with pytest.raises(ValueError, match=r"\['iteration'\]"):
+        reconstruct_config(compose_config(["+reconstruct.iteration=5"]))
+    with pytest.raises(ValueError, match=r"reconstruct\.lr .*-0\.5"):
+        reconstruct_config(compose_config(["reconstruct.lr=-0.5"]))
