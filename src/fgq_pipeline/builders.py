@@ -56,9 +56,3 @@ def fp32_weights_file(cfg: DictConfig) -> Path | None:
             "or set model.checkpoint=PATH"
         )
     return path
-
-
-def calibration_batches(datamodule, cfg: DictConfig):
-    return datamodule.calibration_dataloader(
-        num_images=cfg.calibration.num_images, augment=cfg.calibration.augment, seed=cfg.seed
-    )

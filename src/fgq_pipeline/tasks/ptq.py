@@ -8,7 +8,8 @@ import dataclasses
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ..builders import build_datamodule, build_model, calibration_batches
+from ..builders import build_datamodule, build_model
+from ..calibration import calibration_batches, calibration_transform
 from ..quant import (
     QuantConfig,
     calibrate_activations,
@@ -31,23 +32,29 @@ class PostTrainingQuantizer:
 
     Repairs run with float activations, so configs that differ only in activation settings
     share them: a grid ordered with those fields varying fastest repairs each weight config once.
-    Every step is reseeded, so a result does not depend on what ran before it.
+    Every step is reseeded, so a result does not depend on what ran before it. Calibration images
+    are transformed as the model was trained (see ``calibration``); ``log`` is told which way.
     """
 
-    def __init__(self, cfg: DictConfig, fp32_model, datamodule):
+    def __init__(self, cfg: DictConfig, fp32_model, datamodule, log: RunLog):
         self.cfg, self.fp32_model, self.datamodule = cfg, fp32_model, datamodule
+        self.calibration = calibration_transform(cfg, datamodule)
+        self.calibration.announce(log)
         self._repaired: tuple[QuantConfig, object] | None = None
+
+    def _calibration_batches(self):
+        return calibration_batches(self.datamodule, self.cfg, self.calibration.augment)
 
     def model(self, quant: QuantConfig):
         weight_side = dataclasses.replace(quant, **{f: getattr(QuantConfig, f) for f in ACTIVATION_FIELDS})
         if self._repaired is None or self._repaired[0] != weight_side:
             seed_everything(self.cfg.seed)
             model = quantize_model(copy.deepcopy(self.fp32_model), weight_side)
-            repair_weights(model, weight_side, calibration_batches(self.datamodule, self.cfg))
+            repair_weights(model, weight_side, self._calibration_batches())
             self._repaired = (weight_side, model)
         model = reset_activation_quantizers(copy.deepcopy(self._repaired[1]), quant)
         seed_everything(self.cfg.seed)
-        calibrate_activations(model, calibration_batches(self.datamodule, self.cfg))
+        calibrate_activations(model, self._calibration_batches())
         return model
 
     def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
@@ -67,13 +74,13 @@ def _fp32(cfg: DictConfig):
 def run_ptq(cfg: DictConfig, log: RunLog) -> dict:
     """The ``cfg.quant`` configuration: one record (the caller logs it)."""
     datamodule, model, fp32_top1 = _fp32(cfg)
-    return PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
+    return PostTrainingQuantizer(cfg, model, datamodule, log).evaluate(quant_config(cfg), fp32_top1)
 
 
 def run_ptq_grid(cfg: DictConfig, log: RunLog) -> list[dict]:
     """Every config of ``cfg.ptq`` (and ``cfg.quant``), each logged as a child run of ``log``."""
     datamodule, model, fp32_top1 = _fp32(cfg)
-    quantizer = PostTrainingQuantizer(cfg, model, datamodule)
+    quantizer = PostTrainingQuantizer(cfg, model, datamodule, log)
     records = []
     for quant in tqdm(ptq_grid(cfg), desc="PTQ grid", unit="config", mininterval=2.0):
         with log.child_run("ptq", quant.to_dict(), run_name(quant)) as child:
