@@ -38,14 +38,17 @@ def build_model(cfg: DictConfig, load_checkpoint: bool = True) -> torch.nn.Modul
     A torchvision model with ``model.weights`` and no ``model.checkpoint`` comes pretrained.
     """
     model = _instantiate(cfg.model)
-    pretrained_by_torchvision = cfg.model.get("weights") and not cfg.model.get("checkpoint")
-    if load_checkpoint and not pretrained_by_torchvision:
-        load_weights(model, fp32_weights_path(cfg))
+    weights = fp32_weights_file(cfg) if load_checkpoint else None
+    if weights is not None:
+        load_weights(model, weights)
     return model.to(resolve_device(cfg.device)).eval()
 
 
-def fp32_weights_path(cfg: DictConfig) -> Path:
-    """``model.checkpoint`` if given, else the weights the baseline stage trained."""
+def fp32_weights_file(cfg: DictConfig) -> Path | None:
+    """The file the FP32 weights come from: ``model.checkpoint`` if given, else the weights the
+    baseline stage trained; None where torchvision supplies them (``model.weights``, no checkpoint)."""
+    if cfg.model.get("weights") and not cfg.model.get("checkpoint"):
+        return None
     path = resolve_path(cfg.model.get("checkpoint") or cfg.paths.fp32_weights)
     if not path.exists():
         raise FileNotFoundError(
@@ -53,9 +56,3 @@ def fp32_weights_path(cfg: DictConfig) -> Path:
             "or set model.checkpoint=PATH"
         )
     return path
-
-
-def calibration_batches(datamodule, cfg: DictConfig):
-    return datamodule.calibration_dataloader(
-        num_images=cfg.calibration.num_images, augment=cfg.calibration.augment, seed=cfg.seed
-    )

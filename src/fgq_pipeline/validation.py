@@ -26,6 +26,7 @@ T = TypeVar("T")
 def validate_config(cfg: DictConfig) -> None:
     """Every quantization setting the run can reach, the calibration and fine-tune settings, and
     that every output location can be written."""
+    from .calibration import check_augment_setting
     from .tasks.export_settings import check_export_settings
     from .tasks.ptq_grid import (  # the method's checks, with torch
         finetune_quant_config,
@@ -49,6 +50,7 @@ def validate_config(cfg: DictConfig) -> None:
     if "calibration" in cfg:
         _positive_int("calibration.num_images", cfg.calibration.num_images,
                       hint="calibration needs at least one training image")
+        check_augment_setting(cfg.calibration.augment)
     if "paths" in cfg:
         for key in OUTPUT_PATHS:
             if cfg.paths.get(key):

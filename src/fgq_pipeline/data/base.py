@@ -76,6 +76,11 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         """Read both splits (or index them) once; called by the first ``setup``."""
 
     @abstractmethod
+    def describe_transform(self, augment: bool) -> str:
+        """What training images go through with ``augment`` on or off, in a few words, for run logs
+        and the record saved with trained weights."""
+
+    @abstractmethod
     def _training_dataset(self, augment: bool) -> Dataset: ...
 
     @abstractmethod

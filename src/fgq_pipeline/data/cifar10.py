@@ -109,6 +109,12 @@ class Cifar10DataModule(InMemoryImageDataModule):
         images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         return images.float().div_(CIFAR10_MAX_VALUE).sub_(self.mean).div_(self.std)
 
+    def describe_transform(self, augment: bool) -> str:
+        if not augment:
+            return "no augmentation"
+        height, width, _ = CIFAR10_IMAGE_SHAPE
+        return f"pad {CROP_PADDING_PIXELS} + random {height}x{width} crop + random flip"
+
     def _augmented(self, images: torch.Tensor, labels: torch.Tensor) -> Dataset:
         black = torch.zeros_like(self.mean).sub_(self.mean).div_(self.std)
         return RandomCropFlipDataset(images, labels, CROP_PADDING_PIXELS, black, flip=True)

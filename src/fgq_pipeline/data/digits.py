@@ -92,6 +92,9 @@ class DigitsDataModule(InMemoryImageDataModule):
             x, y = x[keep], y[keep]
         return normalise_digits(x), torch.from_numpy(y)
 
+    def describe_transform(self, augment: bool) -> str:
+        return f"random shift by up to {MAX_SHIFT_PIXELS} pixel" if augment else "no augmentation"
+
     def _augmented(self, images: torch.Tensor, labels: torch.Tensor) -> Dataset:
         """Shifts by up to one pixel; no flips, since a mirrored digit can be another digit."""
         return RandomCropFlipDataset(images, labels, MAX_SHIFT_PIXELS, BACKGROUND_VALUE, flip=False)

@@ -107,6 +107,11 @@ class ImageFolderDataModule(ImageDataModule):
             for split, folder in scanned.items()
         }
 
+    def describe_transform(self, augment: bool) -> str:
+        if augment:
+            return f"random resized crop to {self.image_size} + random flip"
+        return f"resize to {self.resize} + centre crop {self.image_size}, as evaluated"
+
     def _training_dataset(self, augment: bool) -> Dataset:
         transform = self._training_transform() if augment else self._eval_transform()
         return TransformedDataset(self.folders["train"], transform)

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,6 +61,20 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     _check_finite(state_dict, path)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The text metadata ``save_weights`` stored in a safetensors file; torch pickles carry none."""
+    path = Path(path)
+    if path.suffix != SAFETENSORS_SUFFIX:
+        return {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}
+    except UNREADABLE_FILE_ERRORS as error:
+        raise ValueError(
+            f"checkpoint {path} could not be read ({error}); it is corrupt or not a weights file"
+        ) from error
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -16,13 +16,12 @@ import os
 from pathlib import Path
 
 from omegaconf import DictConfig
-from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..builders import build_datamodule, build_model
 from ..kernels import bits_per_weight, export_packed, load_packed
-from ..models import load_weights, save_weights
+from ..models import load_weights, read_metadata, save_weights
 from ..project import project_root, resolve_path
 from ..quant import QuantConfig, quantize_model
 from ..seeding import seed_everything
@@ -58,7 +57,7 @@ def export_all(cfg: DictConfig, log: RunLog, out_dir: str | Path) -> dict:
     sources, scale_dtypes = list(cfg.export.models), list(cfg.export.scale_dtypes)
     for source in sources:  # all refusals before the first model is built
         check_exportable(source_quant_config(cfg, source), source)
-    records = [record for source in sources for record in export_source(cfg, source, scale_dtypes, out_dir)]
+    records = [record for source in sources for record in export_source(cfg, log, source, scale_dtypes, out_dir)]
     return {RECORDS_KEY: records,
             **{f"{r['model']}.{r['scale_dtype']}.{measure}": r[measure] for r in records for measure in MEASURES}}
 
@@ -70,11 +69,11 @@ def export_one(cfg: DictConfig, log: RunLog, out_dir: str | Path) -> dict:
     source, scale_dtype, weights = settings.source, settings.scale_dtype, settings.weights
     log.log_params({"export.source": source, "export.scale_dtype": scale_dtype, "export.weights": str(weights)})
     check_exportable(source_quant_config(cfg, source), source)
-    (record,) = export_source(cfg, source, [scale_dtype], out_dir, weights=weights)
+    (record,) = export_source(cfg, log, source, [scale_dtype], out_dir, weights=weights)
     return record
 
 
-def export_source(cfg: DictConfig, source: str, scale_dtypes: list[str], out_dir: str | Path,
+def export_source(cfg: DictConfig, log: RunLog, source: str, scale_dtypes: list[str], out_dir: str | Path,
                   weights: str | Path | None = None) -> list[dict]:
     """``source`` packed once per scale dtype into ``out_dir``: one record per file.
 
@@ -87,7 +86,7 @@ def export_source(cfg: DictConfig, source: str, scale_dtypes: list[str], out_dir
         weights = resolve_path(weights)
         model = saved_quantized_model(cfg, source, weights)
     elif source == "ptq":
-        model, weights = calibrated_ptq_model(cfg), Path(out_dir) / PTQ_WEIGHTS
+        model, weights = calibrated_ptq_model(cfg, log), Path(out_dir) / PTQ_WEIGHTS
         # one metadata key: safetensors writes several in a random order, and a DVC output should be byte-stable
         save_weights(model, weights, metadata={QUANT_METADATA: json.dumps(quant.to_dict())})
     else:
@@ -97,13 +96,13 @@ def export_source(cfg: DictConfig, source: str, scale_dtypes: list[str], out_dir
             for scale_dtype in tqdm(scale_dtypes, desc=f"export {source}", unit="file", mininterval=2.0)]
 
 
-def calibrated_ptq_model(cfg: DictConfig) -> nn.Module:
+def calibrated_ptq_model(cfg: DictConfig, log: RunLog) -> nn.Module:
     """The ptq stage's model of ``cfg.quant``: the FP32 model and data built as its grid builds them
     (less the FP32 test pass, which changes nothing: every step below reseeds), then quantized,
     repaired and calibrated by the same PostTrainingQuantizer."""
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
-    return PostTrainingQuantizer(cfg, build_model(cfg), datamodule).model(quant_config(cfg))
+    return PostTrainingQuantizer(cfg, build_model(cfg), datamodule, log).model(quant_config(cfg))
 
 
 def saved_quantized_model(cfg: DictConfig, source: str, weights: Path) -> nn.Module:
@@ -120,10 +119,7 @@ def _check_saved_config(weights: Path, quant: QuantConfig, source: str) -> None:
     """Weights are only meaningful in the config they were quantized at (group size, activation bits
     and calibration shape what the state dict holds), and shapes alone do not tell: compare the
     config a file records."""
-    if weights.suffix != ".safetensors":
-        return
-    with safe_open(weights, framework="pt") as handle:
-        recorded = (handle.metadata() or {}).get(QUANT_METADATA)
+    recorded = read_metadata(weights).get(QUANT_METADATA)
     saved, wanted = json.loads(recorded or "{}"), quant.to_dict()
     differing = [k for k in saved if saved[k] != wanted.get(k)]
     if differing:

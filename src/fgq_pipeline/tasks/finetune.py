@@ -33,7 +33,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     datamodule = build_datamodule(cfg)
     fp32_model = build_model(cfg)
     fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
-    model = PostTrainingQuantizer(cfg, fp32_model, datamodule).model(quant)
+    model = PostTrainingQuantizer(cfg, fp32_model, datamodule, log).model(quant)
     before = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
     settings = cfg.finetune
     module = ClassifierModule(

@@ -7,7 +7,8 @@ import dataclasses
 
 from omegaconf import DictConfig
 
-from ..builders import build_datamodule, build_model, calibration_batches
+from ..builders import build_datamodule, build_model
+from ..calibration import calibration_batches, calibration_transform
 from ..quant import (
     QuantConfig,
     calibrate_activations,
@@ -31,29 +32,34 @@ class PostTrainingQuantizer:
 
     Repairs run with float activations, so configs that differ only in activation settings
     share them: a grid ordered with those fields varying fastest repairs each weight config once.
-    Every step is reseeded, so a result does not depend on what ran before it. Block reconstruction
-    (``rounding: reconstruct``) needs quantized activations, so it runs last, per config.
+    Every step is reseeded, so a result does not depend on what ran before it. Calibration images
+    are transformed as the model was trained (see ``calibration``); ``log`` is told which way. Block
+    reconstruction (``rounding: reconstruct``) needs quantized activations, so it runs last, per config.
     """
 
-    def __init__(self, cfg: DictConfig, fp32_model, datamodule):
+    def __init__(self, cfg: DictConfig, fp32_model, datamodule, log: RunLog):
         self.cfg, self.fp32_model, self.datamodule = cfg, fp32_model, datamodule
         self.reconstruct = reconstruct_config(cfg)
+        self.calibration = calibration_transform(cfg, datamodule)
+        self.calibration.announce(log)
         self._repaired: tuple[QuantConfig, object] | None = None
+
+    def _calibration_batches(self):
+        return calibration_batches(self.datamodule, self.cfg, self.calibration.augment)
 
     def model(self, quant: QuantConfig):
         weight_side = dataclasses.replace(quant, **{f: getattr(QuantConfig, f) for f in ACTIVATION_FIELDS})
         if self._repaired is None or self._repaired[0] != weight_side:
             seed_everything(self.cfg.seed)
             model = quantize_model(copy.deepcopy(self.fp32_model), weight_side)
-            repair_weights(model, weight_side, calibration_batches(self.datamodule, self.cfg))
+            repair_weights(model, weight_side, self._calibration_batches())
             self._repaired = (weight_side, model)
         model = reset_activation_quantizers(copy.deepcopy(self._repaired[1]), quant)
         seed_everything(self.cfg.seed)
-        calibrate_activations(model, calibration_batches(self.datamodule, self.cfg))
+        calibrate_activations(model, self._calibration_batches())
         if quant.rounding == "reconstruct":
             seed_everything(self.cfg.seed)
-            batches = calibration_batches(self.datamodule, self.cfg)
-            reconstruct_blocks(model, self.fp32_model, batches, self.reconstruct, self.cfg.seed)
+            reconstruct_blocks(model, self.fp32_model, self._calibration_batches(), self.reconstruct, self.cfg.seed)
         return model
 
     def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
@@ -74,4 +80,4 @@ def fp32_reference(cfg: DictConfig):
 def run_ptq(cfg: DictConfig, log: RunLog) -> dict:
     """The ``cfg.quant`` configuration: one record (the caller logs it)."""
     datamodule, model, fp32_top1 = fp32_reference(cfg)
-    return PostTrainingQuantizer(cfg, model, datamodule).evaluate(quant_config(cfg), fp32_top1)
+    return PostTrainingQuantizer(cfg, model, datamodule, log).evaluate(quant_config(cfg), fp32_top1)

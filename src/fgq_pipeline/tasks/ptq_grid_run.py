@@ -29,7 +29,7 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     is not measured again: its child run carries that run's metrics and a ``resumed_from`` tag.
     """
     datamodule, model, fp32_top1 = fp32_reference(cfg)
-    quantizer = PostTrainingQuantizer(cfg, model, datamodule)
+    quantizer = PostTrainingQuantizer(cfg, model, datamodule, log)
     finished = FinishedConfigs(progress, grid_inputs(cfg, model))
     grid = ptq_grid(cfg)
     entries = {quant: finished.load(quant) for quant in grid}
