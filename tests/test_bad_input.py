@@ -60,8 +60,8 @@ CONFIG_ROWS = {
     "unknown policy": (["quant.policy=everything"], "'everything'"),
     "empty calibration set": (["calibration.num_images=0"], "calibration.num_images must be a positive integer, got 0"),
     "unknown calibration transform": (["calibration.augment=random"],
-                                      "calibration.augment must be auto (the model's training transform), true or "
-                                      "false, got 'random'"),
+                                      ("calibration.augment must be auto (the model's training transform), true or "
+                                       "false, got 'random'")),
     "unknown export scale dtype": (["export.scale_dtype=fp64"],
                                    "export.scale_dtype must be one of ('fp32', 'fp16', 'int8'), got 'fp64'"),
     "unknown export source": (["export.source=fp32"], "export.source must be one of ('ptq', 'finetuned'), got 'fp32'"),

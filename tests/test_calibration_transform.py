@@ -17,7 +17,12 @@ from fgq_pipeline.params import compose_config
 from fgq_pipeline.runner import run_job
 from fgq_pipeline.tasks.baseline import train_baseline
 from fgq_pipeline.tasks.ptq import run_ptq
-from fgq_pipeline.training_record import TRAINING_METADATA, copied_metadata, recorded_training, trained_metadata
+from fgq_pipeline.training_record import (
+    TRAINING_METADATA,
+    copied_metadata,
+    recorded_training,
+    trained_metadata,
+)
 
 IMAGE_SIZE = 16
 SQUARE_SHADES = (70, 115, 160)  # one class per shade of the grey square
