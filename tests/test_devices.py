@@ -9,7 +9,7 @@ from fgq_pipeline import builders
 from fgq_pipeline.devices import resolve_device
 from fgq_pipeline.kernels.torch_twin import ieee_float32
 from fgq_pipeline.params import compose_config
-from fgq_pipeline.quant.repair import _inputs
+from fgq_pipeline.quant.batches import batch_images
 
 
 def test_auto_takes_cuda_only_when_torch_sees_it(monkeypatch):
@@ -45,7 +45,7 @@ def test_the_fp32_model_is_built_on_the_configured_device(monkeypatch):
 def test_calibration_inputs_follow_the_model():
     model = nn.Linear(3, 2, device="meta")
     batches = [(torch.zeros(4, 3), torch.zeros(4)), torch.ones(2, 3)]
-    assert [x.device.type for x in _inputs(batches, model)] == ["meta", "meta"]
+    assert [x.device.type for x in batch_images(batches, model)] == ["meta", "meta"]
 
 
 def test_the_twin_runs_its_group_sums_in_full_fp32_and_restores_the_settings():

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import model_device
 from ..modes import eval_mode
+from .batches import batch_images
 from .modules import QuantConv2d, WeightFormat
 from .surgery import quant_layers
 from .ternary import GroupSize, solve_groups
@@ -60,7 +60,7 @@ def _layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _input_hessian(model: nn.Module, layer: nn.Module, batches: Iterable) -> torch.Tensor:
     size = layer.weight[0].numel()
     hessian = torch.zeros(size, size, dtype=torch.float64, device=layer.weight.device)
-    device, count = model_device(model), 0
+    count = 0
 
     def capture(_module, args):
         nonlocal hessian, count
@@ -72,9 +72,9 @@ def _input_hessian(model: nn.Module, layer: nn.Module, batches: Iterable) -> tor
     handle = layer.register_forward_pre_hook(capture)
     try:
         with eval_mode(model):
-            for batch in batches:
+            for images in batch_images(batches, model):
                 try:
-                    model((batch[0] if isinstance(batch, (list, tuple)) else batch).to(device))
+                    model(images)
                 except _InputsCaptured:
                     pass
     finally:

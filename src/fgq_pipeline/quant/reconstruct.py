@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..devices import model_device
 from ..modes import eval_mode
+from .batches import batch_images
 from .config import ReconstructConfig
 from .modules import QUANT_LAYERS, QuantConv2d
 from .repair import reestimate_batchnorm
@@ -50,7 +51,7 @@ def reconstruct_blocks(model: nn.Module, fp32_model: nn.Module, batches: Iterabl
     The same ``seed`` and inputs give the same weights.
     """
     device = model_device(model)
-    images = torch.cat([(b[0] if isinstance(b, (list, tuple)) else b) for b in batches]).to(device)
+    images = torch.cat(list(batch_images(batches, model)))
     if len(images) == 0:
         raise ValueError("the calibration set is empty: give it at least one batch of images")
     sampling = torch.Generator().manual_seed(seed)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import model_device
 from ..modes import eval_mode
 from .activation import ActQuantizer
+from .batches import batch_images
 from .config import QuantConfig, ReconstructConfig
 from .gptq import gptq_ternarize
 from .modules import QuantConv2d
@@ -58,16 +58,6 @@ def repair_weights(model: nn.Module, config: QuantConfig, calibration_batches: I
     return model
 
 
-def _inputs(batches: Iterable, model: nn.Module) -> Iterable[torch.Tensor]:
-    """The images of ``batches``, on ``model``'s device."""
-    device, count = model_device(model), 0
-    for batch in batches:
-        count += 1
-        yield (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device)
-    if count == 0:
-        raise ValueError("the calibration set is empty: give it at least one batch of images")
-
-
 @torch.no_grad()
 def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> None:
     """Recompute every BatchNorm's running statistics as an exact average over ``batches``."""
@@ -80,7 +70,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable) -> None:
         bn.momentum = None  # cumulative average
     try:
         with eval_mode(model, train=norms):
-            for x in _inputs(batches, model):
+            for x in batch_images(batches, model):
                 model(x)
     finally:
         for bn, momentum in zip(norms, momenta):
@@ -115,7 +105,7 @@ def correct_bias(model: nn.Module, batches: Iterable, float_weights: dict[nn.Mod
     handles = [layer.register_forward_hook(record) for layer in layers]
     try:
         with eval_mode(model):
-            for x in _inputs(batches, model):
+            for x in batch_images(batches, model):
                 model(x)
     finally:
         for handle in handles:
@@ -133,7 +123,7 @@ def calibrate_activations(model: nn.Module, batches: Iterable) -> None:
     with eval_mode(model):
         for q in quantizers:
             q.start_calibration()
-        for x in _inputs(batches, model):
+        for x in batch_images(batches, model):
             model(x)
         for q in quantizers:
             q.finish_calibration()
