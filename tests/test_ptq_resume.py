@@ -19,7 +19,9 @@ from fgq_pipeline.params import compose_config
 from fgq_pipeline.runner import run_job
 from fgq_pipeline.tasks.baseline import train_baseline
 from fgq_pipeline.tasks.prepare import prepare_data
-from fgq_pipeline.tasks.ptq_grid import ptq_grid
+from fgq_pipeline.quant import QuantConfig
+from fgq_pipeline.quant.config import ReconstructConfig
+from fgq_pipeline.tasks.ptq_grid import ptq_grid, reconstruct_config
 from fgq_pipeline.tasks.ptq_grid_run import RESUMED_TAG
 from fgq_pipeline.tasks.ptq_progress import FinishedConfigs, grid_inputs, weights_digest
 
@@ -85,10 +87,11 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
     assert 1 <= len(entries) < len(grid)
 
     model = build_model(cfg)
-    finished = FinishedConfigs(progress, grid_inputs(cfg, model))
+    finished = FinishedConfigs(progress, grid_inputs(cfg, model), reconstruct_config(cfg))
     assert sum(finished.load(quant) is not None for quant in grid) == len(entries)
     for change in CHANGED_INPUTS:
-        changed = FinishedConfigs(progress, grid_inputs(OmegaConf.merge(cfg, OmegaConf.from_dotlist(change)), model))
+        changed_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(change))
+        changed = FinishedConfigs(progress, grid_inputs(changed_cfg, model), reconstruct_config(changed_cfg))
         assert all(changed.load(quant) is None for quant in grid), change
 
     log = run_ptq_stage(root)
@@ -115,3 +118,14 @@ def test_weights_digest_follows_every_weight_and_buffer(tensor):
     assert weights_digest(twin) == weights_digest(model)
     twin.state_dict()[tensor].view(-1)[0] += 1e-6  # state_dict tensors share the model's storage
     assert weights_digest(twin) != weights_digest(model)
+
+
+def test_new_reconstruct_settings_remeasure_the_reconstruct_rows_only(tmp_path):
+    inputs = {"seed": 0}
+    nearest, reconstructed = QuantConfig(rounding="nearest"), QuantConfig(rounding="reconstruct")
+    finished = FinishedConfigs(tmp_path, inputs, ReconstructConfig())
+    for quant in (nearest, reconstructed):
+        finished.save(quant, {"top1": 0.5}, run_id="measured")
+    changed = FinishedConfigs(tmp_path, inputs, ReconstructConfig(iterations=7))
+    assert changed.load(nearest)["run_id"] == "measured"
+    assert changed.load(reconstructed) is None

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from fgq_pipeline.modes import eval_mode
+from fgq_pipeline.params import compose_config
 from fgq_pipeline.quant import (
     ActQuantizer,
     QuantConfig,
@@ -17,6 +18,7 @@ from fgq_pipeline.quant import (
     quantize_model,
     reestimate_batchnorm,
 )
+from fgq_pipeline.tasks.ptq_grid import quant_config
 
 
 def small_net(c_in: int = 4) -> nn.Sequential:
@@ -202,3 +204,9 @@ def test_eval_mode_restores_mixed_module_modes_even_when_the_body_raises():
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError("the pass failed")
     assert [m.training for m in model.modules()] == before
+
+
+def test_the_library_default_is_the_pipelines_default_recipe():
+    """A library user gets what `conf/quant/fgq.yaml` gives the pipeline (GPTQ-style rounding, MSE
+    activation ranges, both repairs), not a weaker recipe."""
+    assert quant_config(compose_config()) == QuantConfig()

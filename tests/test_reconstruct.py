@@ -21,7 +21,7 @@ from fgq_pipeline.quant import (
     reconstruction_blocks,
     ternarize,
 )
-from fgq_pipeline.tasks.ptq_grid import reconstruct_config
+from fgq_pipeline.tasks.ptq_grid import finetune_quant_config, reconstruct_config
 
 SIZE = 16
 SETTINGS = ReconstructConfig(iterations=60, batch_size=16)
@@ -136,3 +136,12 @@ def test_the_config_section_is_validated_naming_a_misspelt_setting():
         reconstruct_config(compose_config(["+reconstruct.iteration=5"]))
     with pytest.raises(ValueError, match=r"reconstruct\.lr .*-0\.5"):
         reconstruct_config(compose_config(["reconstruct.lr=-0.5"]))
+
+
+def test_fine_tuning_starts_from_the_post_training_rounding_it_names():
+    cfg = compose_config(["finetune.rounding=reconstruct", "quant.rounding=gptq"])
+    quant = finetune_quant_config(cfg)
+    assert (quant.rounding, quant.group_size, quant.act_bits) == ("reconstruct", cfg.finetune.group_size,
+                                                                   cfg.finetune.act_bits)
+    with pytest.raises(ValueError, match="'adaround'"):
+        finetune_quant_config(compose_config(["finetune.rounding=adaround"]))

@@ -22,6 +22,8 @@ OUTPUT_PATHS = ("data_manifest", "fp32_weights", "fp32_metrics", "ptq_results", 
                 "cost_tables", "bench_reports", "bench_metrics", "exports", "export_metrics")
 T = TypeVar("T")
 
+EVALUATION_SPLITS = ("test", "holdout")
+
 
 def validate_config(cfg: DictConfig) -> None:
     """Every quantization setting the run can reach, the calibration and fine-tune settings, and
@@ -51,6 +53,10 @@ def validate_config(cfg: DictConfig) -> None:
         _positive_int("calibration.num_images", cfg.calibration.num_images,
                       hint="calibration needs at least one training image")
         check_augment_setting(cfg.calibration.augment)
+    if "evaluate_on" in cfg:
+        if cfg.evaluate_on not in EVALUATION_SPLITS:
+            raise ValueError(f"evaluate_on must be one of {EVALUATION_SPLITS}, got {cfg.evaluate_on!r}")
+        _positive_int("holdout_images", cfg.holdout_images, hint="the holdout split needs at least one image")
     if "paths" in cfg:
         for key in OUTPUT_PATHS:
             if cfg.paths.get(key):

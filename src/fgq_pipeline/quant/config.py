@@ -25,16 +25,18 @@ class QuantConfig:
     fp32 scale per filter), applied in the fake-quant model so accuracy is that of what is stored.
     ``weight_format`` "int2" / "int3" / "int4" puts the same layers on uniform grids in the same groups
     (see :mod:`.uniform`), through the same repairs: the comparison at equal bits per weight.
-    The two repairs are switches because each must be measured on and off.
+    The two repairs are switches because each must be measured on and off. The defaults are the
+    best measured recipe, the same as the pipeline's ``conf/quant/fgq.yaml`` (a test keeps them equal:
+    DVC composes that file without importing this package).
     """
 
     weight_format: str = "ternary"
     group_size: GroupSize = 4
     solver: str = "exact"
     scale_dtype: str = "fp32"
-    rounding: str = "nearest"
+    rounding: str = "gptq"
     act_bits: int = 8
-    act_calibration: str = "max"
+    act_calibration: str = "mse"
     act_percentile: float = 99.99
     power_of_two_scale: bool = False
     policy: str = "first_last_8bit"

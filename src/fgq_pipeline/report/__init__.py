@@ -17,6 +17,7 @@ from .frame import RESULT_COLUMNS, VARIANT_KEYS, results_frame, write_results_cs
 from .frontier import frontier_markdown, plot_top1_vs_bits
 from .panels import Panel, choose_panels
 from .plots import plot_top1_vs_group_size, plot_top1_vs_mult_eliminated
+from .reconstruction import reconstruction_sections
 from .tables import EFFECTIVE_GROUP_NOTE, headline_markdown, paper_table_markdown
 from .verified import attach_verification, verified_markdown
 
@@ -58,6 +59,7 @@ def _results_markdown(frame: pd.DataFrame, verified: list[dict]) -> str:
             headline_markdown(frame),
             *([verified_markdown(verified)] if verified else []),
             frontier_markdown(frame),
+            *reconstruction_sections(frame),
             "## Tables",
             "",
             paper_table_markdown(frame),

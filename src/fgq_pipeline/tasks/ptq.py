@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 from omegaconf import DictConfig
 
@@ -43,6 +44,7 @@ class PostTrainingQuantizer:
         self.calibration = calibration_transform(cfg, datamodule)
         self.calibration.announce(log)
         self._repaired: tuple[QuantConfig, object] | None = None
+        self.reconstruct_seconds: float | None = None  # of the last model() that reconstructed
 
     def _calibration_batches(self):
         return calibration_batches(self.datamodule, self.cfg, self.calibration.augment)
@@ -59,25 +61,41 @@ class PostTrainingQuantizer:
         calibrate_activations(model, self._calibration_batches())
         if quant.rounding == "reconstruct":
             seed_everything(self.cfg.seed)
+            started = time.perf_counter()
             reconstruct_blocks(model, self.fp32_model, self._calibration_batches(), self.reconstruct, self.cfg.seed)
+            self.reconstruct_seconds = time.perf_counter() - started
         return model
 
-    def evaluate(self, quant: QuantConfig, fp32_top1: float) -> dict:
+    def evaluate(self, quant: QuantConfig, fp32_top1: float, split: str = "test") -> dict:
         model = self.model(quant)
-        metrics = score(model, self.datamodule.test_dataloader(), self.datamodule.num_classes, quant.scale_dtype)
-        return result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
+        loader = evaluation_loader(self.cfg, self.datamodule, split)
+        metrics = score(model, loader, self.datamodule.num_classes, quant.scale_dtype)
+        record = result_record(self.cfg, quant, model, self.datamodule, metrics, fp32_top1)
+        if quant.rounding == "reconstruct":
+            record["reconstruct_seconds"] = self.reconstruct_seconds
+        return record
 
 
-def fp32_reference(cfg: DictConfig):
-    """The data, the FP32 model and its top-1: what every PTQ record is measured against."""
+def evaluation_loader(cfg: DictConfig, datamodule, split: str):
+    """The images top-1 is measured on: the test set, or ``holdout`` (``cfg.holdout_images`` training
+    images that calibration never draws) for choosing settings before the test set is looked at."""
+    if split == "holdout":
+        return datamodule.holdout_dataloader(cfg.holdout_images, cfg.seed)
+    return datamodule.test_dataloader()
+
+
+def fp32_reference(cfg: DictConfig, split: str = "test"):
+    """The data, the FP32 model and its top-1 on ``split``: what every PTQ record is measured against."""
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
-    fp32 = evaluate(model, datamodule.test_dataloader(), datamodule.num_classes)
+    fp32 = evaluate(model, evaluation_loader(cfg, datamodule, split), datamodule.num_classes)
     return datamodule, model, fp32["top1"]
 
 
 def run_ptq(cfg: DictConfig, log: RunLog) -> dict:
-    """The ``cfg.quant`` configuration: one record (the caller logs it)."""
-    datamodule, model, fp32_top1 = fp32_reference(cfg)
-    return PostTrainingQuantizer(cfg, model, datamodule, log).evaluate(quant_config(cfg), fp32_top1)
+    """The ``cfg.quant`` configuration, measured on ``cfg.evaluate_on``: one record (the caller logs it)."""
+    datamodule, model, fp32_top1 = fp32_reference(cfg, cfg.evaluate_on)
+    log.set_tags({"evaluated_on": cfg.evaluate_on})
+    record = PostTrainingQuantizer(cfg, model, datamodule, log).evaluate(quant_config(cfg), fp32_top1, cfg.evaluate_on)
+    return {**record, "evaluated_on": cfg.evaluate_on}

@@ -34,8 +34,10 @@ def ptq_grid(cfg: DictConfig) -> list[QuantConfig]:
 
 
 def finetune_quant_config(cfg: DictConfig) -> QuantConfig:
-    """The configuration fine-tuning trains at: ``cfg.quant`` at the ``finetune`` group size and bits."""
-    return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits)
+    """The configuration fine-tuning trains at: ``cfg.quant`` at the ``finetune`` group size and bits,
+    started from the ``finetune.rounding`` of that configuration."""
+    return quant_config(cfg, group_size=cfg.finetune.group_size, act_bits=cfg.finetune.act_bits,
+                        rounding=cfg.finetune.rounding)
 
 
 def reconstruct_config(cfg: DictConfig) -> ReconstructConfig:

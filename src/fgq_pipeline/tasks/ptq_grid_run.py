@@ -30,7 +30,7 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     """
     datamodule, model, fp32_top1 = fp32_reference(cfg)
     quantizer = PostTrainingQuantizer(cfg, model, datamodule, log)
-    finished = FinishedConfigs(progress, grid_inputs(cfg, model))
+    finished = FinishedConfigs(progress, grid_inputs(cfg, model), quantizer.reconstruct)
     grid = ptq_grid(cfg)
     entries = {quant: finished.load(quant) for quant in grid}
     resumed = sum(entry is not None for entry in entries.values())

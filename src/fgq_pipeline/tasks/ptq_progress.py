@@ -4,7 +4,8 @@ With reconstruction a grid runs for hours. Each configuration's record is writte
 soon as it is measured, under a directory named by a digest of everything a record depends on
 besides the configuration itself: data, FP32 weights, seed, calibration, device, the package's code
 and the numeric libraries. A rerun reads back only entries made from the same inputs; a change of
-any input names another directory, so a stale entry is never used.
+any input names another directory, so a stale entry is never used. A reconstruct configuration's
+entry is named with the reconstruct settings too, so changing them remeasures those rows only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..devices import model_device
 from ..project import resolve_path, write_json
 from ..quant import QuantConfig
+from ..quant.config import ReconstructConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 NUMERIC_LIBRARIES = ("torch", "numpy", "numba")  # their versions can move the last bits of a result
@@ -77,11 +79,12 @@ class FinishedConfigs:
     """``<store>/<digest of the inputs>/<digest of the config>.json``: a record and the MLflow run
     that measured it."""
 
-    def __init__(self, store: Path, inputs: dict):
-        self.directory = store / digest(inputs)
+    def __init__(self, store: Path, inputs: dict, reconstruct: ReconstructConfig):
+        self.directory, self.reconstruct = store / digest(inputs), reconstruct
 
     def _entry(self, quant: QuantConfig) -> Path:
-        return self.directory / f"{digest(quant.to_dict())}.json"
+        learned = {"reconstruct": self.reconstruct.to_dict()} if quant.rounding == "reconstruct" else {}
+        return self.directory / f"{digest({**quant.to_dict(), **learned})}.json"
 
     def load(self, quant: QuantConfig) -> dict | None:
         """The entry of ``quant`` (``record`` and ``run_id``), or None if it has not finished."""
