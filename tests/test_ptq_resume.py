@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from fgq_pipeline.builders import build_model
 from fgq_pipeline.models import DigitsCNN
 from fgq_pipeline.params import compose_config
+from fgq_pipeline.quant import QuantConfig
+from fgq_pipeline.quant.config import ReconstructConfig
 from fgq_pipeline.runner import run_job
 from fgq_pipeline.tasks.baseline import train_baseline
 from fgq_pipeline.tasks.prepare import prepare_data
-from fgq_pipeline.quant import QuantConfig
-from fgq_pipeline.quant.config import ReconstructConfig
 from fgq_pipeline.tasks.ptq_grid import ptq_grid, reconstruct_config
 from fgq_pipeline.tasks.ptq_grid_run import RESUMED_TAG
 from fgq_pipeline.tasks.ptq_progress import FinishedConfigs, grid_inputs, weights_digest

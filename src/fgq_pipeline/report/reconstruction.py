@@ -36,9 +36,9 @@ def reconstruction_sections(frame: pd.DataFrame) -> list[str]:
     return ["\n".join([
         "## Block reconstruction",
         "",
-        "Each configuration with `rounding: reconstruct` (settings: the `reconstruct` section of the config, "
-        "chosen on training images calibration never draws) next to the same configuration rounded GPTQ-style "
-        "without learning. *Minutes*: wall time of the reconstruction alone on the machine that ran the grid.",
+        ("Each configuration with `rounding: reconstruct` (settings: the `reconstruct` section of the config, "
+         "chosen on training images calibration never draws) next to the same configuration rounded GPTQ-style "
+         "without learning. *Minutes*: wall time of the reconstruction alone on the machine that ran the grid."),
         "",
         markdown_table(HEADER, rows, text_columns=HEADER[:3]),
         "",
