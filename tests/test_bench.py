@@ -19,8 +19,11 @@ from fgq_pipeline.bench import (
     torchvision_workload,
 )
 from fgq_pipeline.bench.report import (
+    NUMBA_RATE,
+    RATE,
     evaluate_targets,
     speedup_frame,
+    timing_frame,
     write_bench_report,
 )
 from fgq_pipeline.bench.run import BenchSettings, Machine
@@ -83,6 +86,7 @@ def _numpy(out):
 def test_linear_workload_candidates_compute_the_same_layer(scale_dtype):
     workload = linear_workload("fc", 64, 16, batch=3, group_size=4, scale_dtype=scale_dtype)
     assert workload.scales == scale_dtype
+    assert workload.weight_macs == 3 * 64 * 16  # batch x in x out
     outputs = _outputs(workload)
     assert set(outputs) == set(CANDIDATES)
     reference = outputs[FP32]
@@ -93,6 +97,7 @@ def test_linear_workload_candidates_compute_the_same_layer(scale_dtype):
 
 def test_conv_workload_candidates_compute_the_same_layer():
     workload = conv_workload("conv", 8, 8, kernel=3, stride=1, padding=1, size=6, batch=2, group_size=4)
+    assert workload.weight_macs == 2 * 8 * 8 * 3 * 3 * 6 * 6  # batch x out x in x k x k x out_h x out_w
     outputs = _outputs(workload)
     reference = outputs[FP32].transpose(0, 2, 3, 1)  # the integer path runs NHWC
     for name, out in outputs.items():
@@ -135,7 +140,7 @@ def test_torchvision_networks_are_timed_at_the_lowest_thread_count_into_the_repo
     assert "| torchvision_resnet18 | random, 3x32x32 images | 1 | 4 | fp32 |" in one_thread
 
 
-def _rows(numba_ms: float, int8_scales_ms: float | None = None) -> list[dict]:
+def _rows(numba_ms: float, int8_scales_ms: float | None = None, threads: int = 1) -> list[dict]:
     cells = [("linear", "fc", 1, "fp32", numba_ms), ("linear", "fc", 64, "fp32", numba_ms),
              ("network", "net", 1, "fp32", numba_ms), ("network", "net", 64, "fp32", numba_ms)]
     if int8_scales_ms is not None:
@@ -144,8 +149,9 @@ def _rows(numba_ms: float, int8_scales_ms: float | None = None) -> list[dict]:
     for kind, name, batch, scales, ternary_ms in cells:
         for candidate, ms in ((NUMBA, ternary_ms), (FP32, 10.0), (INT8, 2.0), (ORT, 4.0)):
             rows.append({"workload": name, "kind": kind, "shape": "s", "batch": batch, "group_size": 4,
-                         "scales": scales, "potential_speedup": 9.1, "threads": 1, "candidate": candidate,
-                         "median_ms": ms, "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
+                         "scales": scales, "potential_speedup": 9.1, "weight_macs": 6_000_000 * batch,
+                         "threads": threads, "candidate": candidate, "median_ms": ms, "min_ms": ms, "max_ms": ms,
+                         "rounds": 3, "note": ""})
     return rows
 
 
@@ -250,3 +256,17 @@ def test_missing_onnxruntime_is_a_skip_reason_and_the_report_still_renders(monke
     assert cells[8] == "n/a" and cells[11] == "n/a"  # ORT int8 ms, vs ORT int8
     assert pd.read_csv(paths["csv"]).query("candidate == @ORT").note.tolist() == [reason]
 
+
+def test_weight_mac_rate_is_macs_per_median_second_per_thread(tmp_path):
+    rows = _rows(2.0, threads=2)  # 6e6 weight-MACs per image
+    timings = timing_frame(rows).set_index(["workload", "batch", "candidate"])
+    assert timings.loc[("fc", 1, NUMBA), RATE] == pytest.approx(6e6 / 2e-3 / 2 / 1e9)  # 1.5 G/s per core
+    assert timings.loc[("fc", 64, FP32), RATE] == pytest.approx(64 * 6e6 / 10e-3 / 2 / 1e9)
+    assert timings.loc[("fc", 1, ORT), "numba_speedup"] == pytest.approx(4.0 / 2.0)
+    cells = speedup_frame(rows).set_index(["workload", "batch"])
+    assert cells.loc[("fc", 1), NUMBA_RATE] == pytest.approx(1.5)
+    assert cells.loc[("fc", 1), "speedup_vs_ort_int8"] == pytest.approx(2.0)
+    machine = Machine("test cpu", 2, 0.0, 0.0, 0.25, compile_s=3.0, cache_load_s=0.2)
+    _, paths = write_bench_report(rows, machine, tmp_path)
+    assert "| 5.00x | 1.00x | 2.00x | 1.50 | 9.1x |" in paths["markdown"].read_text()
+    assert pd.read_csv(paths["csv"])[RATE].max() == pytest.approx(64 * 6e6 / 2e-3 / 2 / 1e9)

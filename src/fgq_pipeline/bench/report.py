@@ -1,6 +1,6 @@
 """Benchmark tables and plot for ``reports/``: per-cell medians with their spread, speedups against
-torch and ONNX Runtime at the same thread count, the paper's potential speedup beside them, and the
-targets."""
+torch and ONNX Runtime at the same thread count, the paper's potential speedup beside them, the
+ternary path's weight-MAC rate per core, and the targets."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "sca
 PNG_DPI = 110
 TARGET_HEADER = ["target", "N", "scales", "threads", "required", "measured (worst case)", "met"]
 CELL_HEADER = ["workload", "shape", "batch", "N", "scales", "Numba ternary ms", "torch fp32 ms", "torch int8 ms",
-               "ORT int8 ms", "vs fp32", "vs int8", "vs ORT int8", "potential"]
+               "ORT int8 ms", "vs fp32", "vs int8", "vs ORT int8", "Numba G weight-MAC/s/core", "potential"]
 LABELS = {NUMBA: "Numba ternary", FP32: "torch fp32", INT8: "torch int8", ORT: "ORT int8"}
 SPEEDUP_COLUMNS = {FP32: "speedup_vs_fp32", INT8: "speedup_vs_int8", ORT: "speedup_vs_ort_int8"}
+RATE = "gmac_per_s_per_core"  # G weight-MAC/s per thread of the measurement
+NUMBA_RATE = f"{NUMBA}_{RATE}"
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,29 @@ TARGETS = (
 )
 
 
+def weight_mac_rate(weight_macs, median_ms, threads):
+    """G weight-MAC/s per thread: a rate to hold against the core's limits (memory bandwidth, SIMD
+    width), which a speedup over another implementation cannot show. Scalars or pandas Series."""
+    return weight_macs / (median_ms * 1e-3) / threads / 1e9
+
+
 def timing_frame(rows: list[dict]) -> pd.DataFrame:
     """bench.csv: every timing, with the Numba path's speedup over it (this row's time / the
-    Numba time of its cell)."""
+    Numba time of its cell) and its weight-MAC rate per core."""
     frame = pd.DataFrame(rows)
     frame["median_ms"] = pd.to_numeric(frame["median_ms"])
     numba = frame[frame["candidate"] == NUMBA].set_index(CELL_KEYS)["median_ms"].rename("numba_ms")
     numba_ms = frame.join(numba, on=CELL_KEYS)["numba_ms"]
     frame["numba_speedup"] = frame["median_ms"] / numba_ms
+    frame[RATE] = weight_mac_rate(frame["weight_macs"], frame["median_ms"], frame["threads"])
     return frame
 
 
 def speedup_frame(rows: list[dict]) -> pd.DataFrame:
-    """One row per cell: every candidate's median and the ternary path's speedup over each of the
-    others."""
+    """One row per cell: every candidate's median, the ternary path's speedup over each of the
+    others and its weight-MAC rate per core."""
     frame = pd.DataFrame(rows)
-    index = CELL_KEYS + ["potential_speedup"]
+    index = CELL_KEYS + ["potential_speedup", "weight_macs"]
     medians = frame.pivot(index=index, columns="candidate", values="median_ms").reindex(columns=list(CANDIDATES))
     spread = frame.pivot(index=index, columns="candidate", values=["min_ms", "max_ms"])
     spread.columns = [f"{candidate}_{stat.removesuffix('_ms')}" for stat, candidate in spread.columns]
@@ -75,6 +84,7 @@ def speedup_frame(rows: list[dict]) -> pd.DataFrame:
     medians.columns.name = None
     for baseline, column in SPEEDUP_COLUMNS.items():
         medians[column] = medians[baseline] / medians[NUMBA]
+    medians[NUMBA_RATE] = weight_mac_rate(medians["weight_macs"], medians[NUMBA], medians["threads"])
     return medians.sort_values(["threads", "group_size", "kind", "workload", "batch", "scales"], kind="stable",
                                ignore_index=True)
 
@@ -136,6 +146,12 @@ def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine, s
          "file stores the group scales: fp32 unless the row says fp16 or int8 (batch-1 linear layers, which "
          "read them as stored; those outputs differ from the fp32-scale ones by the scales' rounding)."),
         "",
+        ("\"Numba G weight-MAC/s/core\" is the workload's multiply-accumulates with a weight (batch x the "
+         "float layers' MACs) per second of the median time, per thread, to be read against physical limits: "
+         "at batch 1 every weight is streamed once per call, so DRAM bandwidth sets a floor on the time; for "
+         "reference, bitnet.cpp's I2_S GEMV reaches about 72 G weight-MAC/s on one Zen3 core with a "
+         "cache-resident matrix. bench.csv has the rate of every candidate."),
+        "",
         *([*skipped, ""] if skipped else []),
         "## Targets",
         "",
@@ -158,7 +174,8 @@ def _target_cells(result: dict) -> list[str]:
 def _timing_cells(row: pd.Series) -> list[str]:
     return [str(row["workload"]), str(row["shape"]), str(row["batch"]), str(row["group_size"]), str(row["scales"]),
             _ms(row, NUMBA), _ms(row, FP32), _ms(row, INT8), _ms(row, ORT),
-            *(_ratio(row[column]) for column in SPEEDUP_COLUMNS.values()), f"{row['potential_speedup']:.1f}x"]
+            *(_ratio(row[column]) for column in SPEEDUP_COLUMNS.values()), _rate(row[NUMBA_RATE]),
+            f"{row['potential_speedup']:.1f}x"]
 
 
 def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
@@ -204,6 +221,10 @@ def _ms(row: pd.Series, candidate: str) -> str:
 
 def _ratio(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{value:.2f}x"
+
+
+def _rate(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.2f}"
 
 
 def _cpus(load: float | None) -> str:

@@ -176,7 +176,8 @@ def _set_threads(workload: Workload, threads: int) -> None:
 def _row(workload: Workload, threads: int, candidate: str, timing) -> dict:
     row = {"workload": workload.name, "kind": workload.kind, "shape": workload.shape, "batch": workload.batch,
            "group_size": workload.group_size, "scales": workload.scales,
-           "potential_speedup": workload.potential_speedup, "threads": threads, "candidate": candidate}
+           "potential_speedup": workload.potential_speedup, "weight_macs": workload.weight_macs, "threads": threads,
+           "candidate": candidate}
     if timing is None:
         return {**row, "median_ms": None, "min_ms": None, "max_ms": None, "rounds": 0,
                 "note": workload.skipped.get(candidate, "not run")}

@@ -62,8 +62,9 @@ TORCH_QUANTIZED_DEPRECATION = "torch.quantize_per_tensor, torch.quantize_per_cha
 @dataclass
 class Workload:
     """``candidates``: zero-argument calls by candidate name; ``skipped``: candidate -> reason;
-    ``potential_speedup``: the paper's cost model for this layer or network; ``on_threads``: calls
-    made before timing at a thread count (an ONNX Runtime session fixes its threads when it is made)."""
+    ``potential_speedup``: the paper's cost model for this layer or network; ``weight_macs``: its
+    multiply-accumulates with a weight, whole batch; ``on_threads``: calls made before timing at a
+    thread count (an ONNX Runtime session fixes its threads when it is made)."""
 
     name: str
     kind: str
@@ -72,6 +73,7 @@ class Workload:
     group_size: int
     potential_speedup: float
     candidates: dict[str, Callable[[], object]]
+    weight_macs: int = field(kw_only=True)
     skipped: dict[str, str] = field(default_factory=dict)
     scales: str = DEFAULT_SCALES
     on_threads: list[Callable[[int], None]] = field(default_factory=list)
@@ -93,7 +95,7 @@ def linear_workload(name: str, in_features: int, out_features: int, batch: int, 
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_numpy),
         FP32: lambda: linear(x),
         INT8: lambda: int8(x),
-    }, scales=scale_dtype)
+    }, scales=scale_dtype, weight_macs=batch * count_ops(linear, (in_features,)).macs)
     return _with_ort(workload, lambda: ort.dynamic_int8(linear, x))
 
 
@@ -109,7 +111,7 @@ def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, s
     workload = Workload(name, "conv", shape, batch, group_size, potential, {
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_nhwc),
         FP32: lambda: conv(x),
-    })
+    }, weight_macs=batch * count_ops(conv, (in_channels, size, size)).macs)
     try:
         workload.candidates[INT8] = _int8_conv(conv, x)
     except (RuntimeError, AssertionError) as error:
@@ -153,11 +155,11 @@ def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tup
     net = IntegerNet(_in_memory(quantized))
     images = torch.randn(batch, *image, generator=generator)
     images_numpy = images.numpy()
-    potential = count_ops(quantized, image).potential_speedup
-    workload = Workload(name, kind, shape, batch, group_size, potential, {
+    ops = count_ops(quantized, image)
+    workload = Workload(name, kind, shape, batch, group_size, ops.potential_speedup, {
         NUMBA: lambda: net(images_numpy),
         FP32: lambda: fp32(images),
-    })
+    }, weight_macs=batch * ops.macs)
     try:
         int8 = _int8_network(fp32, calibration)
         workload.candidates[INT8] = lambda: int8(images)
