@@ -1,12 +1,14 @@
 """The benchmark: settings validation, interleaved timing, workloads that compute the same layer
-three ways, target evaluation and the report files."""
+four ways, target evaluation and the report files."""
 
 import os
+import sys
 
 import numba
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fgq_pipeline.bench import (
     background_cpus,
@@ -17,12 +19,15 @@ from fgq_pipeline.bench import (
     torchvision_workload,
 )
 from fgq_pipeline.bench.report import (
+    NUMBA_RATE,
+    RATE,
     evaluate_targets,
     speedup_frame,
+    timing_frame,
     write_bench_report,
 )
 from fgq_pipeline.bench.run import BenchSettings, Machine
-from fgq_pipeline.bench.workloads import FP32, INT8, NUMBA, TORCHVISION
+from fgq_pipeline.bench.workloads import CANDIDATES, FP32, INT8, NUMBA, ORT, TORCHVISION
 
 GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
             linear=({"name": "fc", "in_features": 32, "out_features": 8},), conv=(), network_depth=None,
@@ -70,23 +75,29 @@ def test_background_load_is_measured_in_cpus():
 
 
 def _outputs(workload):
-    return {name: np.asarray(call() if name == NUMBA else call().detach()) for name, call in workload.candidates.items()}
+    return {name: _numpy(call()) for name, call in workload.candidates.items()}
+
+
+def _numpy(out):
+    return out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 
 
 @pytest.mark.parametrize("scale_dtype", ["fp32", "int8"])
 def test_linear_workload_candidates_compute_the_same_layer(scale_dtype):
     workload = linear_workload("fc", 64, 16, batch=3, group_size=4, scale_dtype=scale_dtype)
     assert workload.scales == scale_dtype
+    assert workload.weight_macs == 3 * 64 * 16  # batch x in x out
     outputs = _outputs(workload)
-    assert set(outputs) == {NUMBA, FP32, INT8}
+    assert set(outputs) == set(CANDIDATES)
     reference = outputs[FP32]
-    for name in (NUMBA, INT8):  # quantized versions of the same layer: close, not equal
+    for name in (NUMBA, INT8, ORT):  # quantized versions of the same layer: close, not equal
         assert outputs[name].shape == reference.shape
         assert np.corrcoef(outputs[name].ravel(), reference.ravel())[0, 1] > 0.9, name
 
 
 def test_conv_workload_candidates_compute_the_same_layer():
     workload = conv_workload("conv", 8, 8, kernel=3, stride=1, padding=1, size=6, batch=2, group_size=4)
+    assert workload.weight_macs == 2 * 8 * 8 * 3 * 3 * 6 * 6  # batch x out x in x k x k x out_h x out_w
     outputs = _outputs(workload)
     reference = outputs[FP32].transpose(0, 2, 3, 1)  # the integer path runs NHWC
     for name, out in outputs.items():
@@ -122,30 +133,33 @@ def test_torchvision_networks_are_timed_at_the_lowest_thread_count_into_the_repo
                                 "torchvision_networks": ({"arch": "resnet18", "size": 32},)})
     rows, machine = run.run_benchmark(settings)
     tv_rows = [row for row in rows if row["workload"] == "torchvision_resnet18"]
-    assert {(row["candidate"], row["threads"]) for row in tv_rows} == {(name, 1) for name in (NUMBA, FP32, INT8)}
+    assert {(row["candidate"], row["threads"]) for row in tv_rows} == {(name, 1) for name in CANDIDATES}
     assert all(row["median_ms"] > 0 and row["batch"] == 1 for row in tv_rows)
     _, paths = write_bench_report(rows, machine, tmp_path)
     one_thread = paths["markdown"].read_text().split("## 2 threads")[0]
     assert "| torchvision_resnet18 | random, 3x32x32 images | 1 | 4 | fp32 |" in one_thread
 
 
-def _rows(numba_ms: float, int8_scales_ms: float | None = None) -> list[dict]:
+def _rows(numba_ms: float, int8_scales_ms: float | None = None, threads: int = 1) -> list[dict]:
     cells = [("linear", "fc", 1, "fp32", numba_ms), ("linear", "fc", 64, "fp32", numba_ms),
-             ("network", "net", 1, "fp32", numba_ms)]
+             ("network", "net", 1, "fp32", numba_ms), ("network", "net", 64, "fp32", numba_ms)]
     if int8_scales_ms is not None:
         cells.append(("linear", "fc", 1, "int8", int8_scales_ms))
     rows = []
     for kind, name, batch, scales, ternary_ms in cells:
-        for candidate, ms in ((NUMBA, ternary_ms), (FP32, 10.0), (INT8, 2.0)):
+        for candidate, ms in ((NUMBA, ternary_ms), (FP32, 10.0), (INT8, 2.0), (ORT, 4.0)):
             rows.append({"workload": name, "kind": kind, "shape": "s", "batch": batch, "group_size": 4,
-                         "scales": scales, "potential_speedup": 9.1, "threads": 1, "candidate": candidate,
-                         "median_ms": ms, "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
+                         "scales": scales, "potential_speedup": 9.1, "weight_macs": 6_000_000 * batch,
+                         "threads": threads, "candidate": candidate, "median_ms": ms, "min_ms": ms, "max_ms": ms,
+                         "rounds": 3, "note": ""})
     return rows
 
 
 @pytest.mark.parametrize("numba_ms, met", [
-    (1.0, {"gemv_vs_fp32": True, "gemv_vs_int8": True, "gemm_vs_fp32": True, "network_b1_vs_fp32": True}),
-    (5.0, {"gemv_vs_fp32": False, "gemv_vs_int8": False, "gemm_vs_fp32": True, "network_b1_vs_fp32": True}),
+    (1.0, {"gemv_vs_fp32": True, "gemv_vs_int8": True, "gemm_vs_fp32": True, "network_b1_vs_fp32": True,
+           "network_b1_vs_ort_int8": True, "network_b64_vs_ort_int8": True}),
+    (5.0, {"gemv_vs_fp32": False, "gemv_vs_int8": False, "gemm_vs_fp32": True, "network_b1_vs_fp32": True,
+           "network_b1_vs_ort_int8": False, "network_b64_vs_ort_int8": False}),
 ])
 def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     targets = {t["key"]: t for t in evaluate_targets(speedup_frame(_rows(numba_ms)), threads=1)}
@@ -153,6 +167,8 @@ def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     assert targets["gemv_vs_fp32"]["measured"] == pytest.approx(10.0 / numba_ms)
     assert targets["gemv_vs_int8"]["measured"] == pytest.approx(2.0 / numba_ms)
     assert targets["gemm_vs_fp32"]["worst_case"] == "fc batch 64"
+    assert targets["network_b1_vs_ort_int8"]["measured"] == pytest.approx(4.0 / numba_ms)
+    assert targets["network_b64_vs_ort_int8"]["worst_case"] == "net batch 64"
 
 
 def test_resnet50_target_judges_torchvision_resnet50_alone():
@@ -185,7 +201,7 @@ def test_report_files_and_summary(tmp_path):
     machine = Machine("test cpu", 2, 0.01, 0.5, 0.25, compile_s=3.0, cache_load_s=0.2)
     summary, paths = write_bench_report(_rows(2.0), machine, tmp_path)
     assert summary["idle"] is False and summary["gemv_vs_fp32.n4.t1"] == pytest.approx(5.0)
-    assert len(pd.read_csv(paths["csv"])) == 9
+    assert len(pd.read_csv(paths["csv"])) == 16
     markdown = paths["markdown"].read_text()
     assert "BUSY" in markdown and "| fc | s | 1 | 4 | fp32 | 2.000 (2.000-2.000) | 10.000" in markdown
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
@@ -198,3 +214,59 @@ def test_busy_machine_is_refused_when_idle_is_required(monkeypatch):
     with pytest.raises(RuntimeError, match=r"other processes use 1.50 CPUs .*bench.require_idle=false"):
         run.check_idle(BenchSettings(**{**GOOD, "require_idle": True}), "before")
     assert run.check_idle(BenchSettings(**GOOD), "before") == 1.5  # warns and times anyway
+
+
+@pytest.mark.parametrize("build", [
+    lambda: linear_workload("fc", 64, 16, batch=3, group_size=4),
+    lambda: conv_workload("conv", 8, 8, kernel=3, stride=1, padding=1, size=6, batch=2, group_size=4),
+    lambda: network_workload(depth=8, batch=4, group_size=4, checkpoint=None),
+], ids=["linear", "conv", "network"])
+def test_onnxruntime_int8_computes_the_float_model_to_int8_precision(build):
+    pytest.importorskip("onnxruntime")
+    workload = build()
+    assert ORT not in workload.skipped
+    outputs = _outputs(workload)
+    out, reference = outputs[ORT], outputs[FP32]
+    assert out.dtype == np.float32 and out.shape == reference.shape
+    assert np.linalg.norm(out - reference) / np.linalg.norm(reference) < 0.05
+    if workload.kind == "network":
+        assert (out.argmax(1) == reference.argmax(1)).mean() >= 0.75
+    (set_threads,) = workload.on_threads  # the bench selects a session per thread count
+    set_threads(2)
+    assert workload.candidates[ORT].session.get_session_options().intra_op_num_threads == 2
+
+
+def test_missing_onnxruntime_is_a_skip_reason_and_the_report_still_renders(monkeypatch, tmp_path):
+    from fgq_pipeline.bench import run
+
+    for name in [name for name in sys.modules if name == "onnxruntime" or name.startswith("onnxruntime.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # import onnxruntime(.x) now raises ImportError
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(run, "compile_and_cache_load_seconds", lambda: (1.0, 0.1))
+    monkeypatch.setattr(run, "background_cpus", lambda: 0.0)
+    rows, machine = run.run_benchmark(BenchSettings(**{**GOOD, "rounds": 1}))
+    reason = "onnxruntime is not installed: pip install 'fgq-pipeline[bench]'"
+    (ort_row,) = [row for row in rows if row["candidate"] == ORT]
+    assert ort_row["median_ms"] is None and ort_row["note"] == reason
+    _, paths = write_bench_report(rows, machine, tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert f"- ORT int8: n/a in 1 cell: {reason}" in markdown
+    (fc_line,) = [line for line in markdown.splitlines() if line.startswith("| fc |")]
+    cells = [cell.strip() for cell in fc_line.strip("|").split("|")]
+    assert cells[8] == "n/a" and cells[11] == "n/a"  # ORT int8 ms, vs ORT int8
+    assert pd.read_csv(paths["csv"]).query("candidate == @ORT").note.tolist() == [reason]
+
+
+def test_weight_mac_rate_is_macs_per_median_second_per_thread(tmp_path):
+    rows = _rows(2.0, threads=2)  # 6e6 weight-MACs per image
+    timings = timing_frame(rows).set_index(["workload", "batch", "candidate"])
+    assert timings.loc[("fc", 1, NUMBA), RATE] == pytest.approx(6e6 / 2e-3 / 2 / 1e9)  # 1.5 G/s per core
+    assert timings.loc[("fc", 64, FP32), RATE] == pytest.approx(64 * 6e6 / 10e-3 / 2 / 1e9)
+    assert timings.loc[("fc", 1, ORT), "numba_speedup"] == pytest.approx(4.0 / 2.0)
+    cells = speedup_frame(rows).set_index(["workload", "batch"])
+    assert cells.loc[("fc", 1), NUMBA_RATE] == pytest.approx(1.5)
+    assert cells.loc[("fc", 1), "speedup_vs_ort_int8"] == pytest.approx(2.0)
+    machine = Machine("test cpu", 2, 0.0, 0.0, 0.25, compile_s=3.0, cache_load_s=0.2)
+    _, paths = write_bench_report(rows, machine, tmp_path)
+    assert "| 5.00x | 1.00x | 2.00x | 1.50 | 9.1x |" in paths["markdown"].read_text()
+    assert pd.read_csv(paths["csv"])[RATE].max() == pytest.approx(64 * 6e6 / 2e-3 / 2 / 1e9)

@@ -1,4 +1,5 @@
-"""Measured speed of the integer path: Numba ternary kernels side by side with torch fp32 and int8."""
+"""Measured speed of the integer path: Numba ternary kernels side by side with torch fp32 and int8
+and ONNX Runtime int8."""
 
 from fgq_pipeline.bench.timing import Timing, background_cpus, time_interleaved
 from fgq_pipeline.bench.workloads import (

@@ -1,8 +1,10 @@
 """Benchmark tables and plot for ``reports/``: per-cell medians with their spread, speedups against
-torch at the same thread count, the paper's potential speedup beside them, and the targets."""
+torch and ONNX Runtime at the same thread count, the paper's potential speedup beside them, the
+ternary path's weight-MAC rate per core, and the targets."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +14,17 @@ from fgq_pipeline.atomic import atomic_path, write_text_atomically
 from fgq_pipeline.render import markdown_table, new_figure, save_png
 
 from .run import Machine
-from .workloads import DEFAULT_SCALES, FP32, INT8, NUMBA, TORCHVISION
+from .workloads import CANDIDATES, DEFAULT_SCALES, FP32, INT8, NUMBA, ORT, TORCHVISION
 
 CELL_KEYS = ["threads", "kind", "workload", "shape", "batch", "group_size", "scales"]
 PNG_DPI = 110
 TARGET_HEADER = ["target", "N", "scales", "threads", "required", "measured (worst case)", "met"]
 CELL_HEADER = ["workload", "shape", "batch", "N", "scales", "Numba ternary ms", "torch fp32 ms", "torch int8 ms",
-               "vs fp32", "vs int8", "potential"]
+               "ORT int8 ms", "vs fp32", "vs int8", "vs ORT int8", "Numba G weight-MAC/s/core", "potential"]
+LABELS = {NUMBA: "Numba ternary", FP32: "torch fp32", INT8: "torch int8", ORT: "ORT int8"}
+SPEEDUP_COLUMNS = {FP32: "speedup_vs_fp32", INT8: "speedup_vs_int8", ORT: "speedup_vs_ort_int8"}
+RATE = "gmac_per_s_per_core"  # G weight-MAC/s per thread of the measurement
+NUMBA_RATE = f"{NUMBA}_{RATE}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class Target:
     key: str  # metric name
     label: str
     kind: tuple[str, ...]
-    batch: str  # "1" or ">1"
+    batch: str  # "1", ">1" or another exact batch size
     baseline: str
     minimum: float
     workload: str | None = None  # the one workload it judges; None: every workload of its kinds
@@ -41,20 +47,44 @@ TARGETS = (
     Target("network_b1_vs_fp32", "whole network, batch 1, vs torch fp32", ("network",), "1", FP32, 1.5),
     Target("resnet50_b1_vs_fp32", "whole torchvision ResNet-50, batch 1, vs torch fp32", (TORCHVISION,), "1", FP32,
            1.5, workload="torchvision_resnet50"),
+    Target("network_b1_vs_ort_int8", "whole CIFAR ResNet, batch 1, vs ONNX Runtime int8", ("network",), "1", ORT,
+           1.0),
+    Target("network_b64_vs_ort_int8", "whole CIFAR ResNet, batch 64, vs ONNX Runtime int8", ("network",), "64", ORT,
+           1.0),
 )
 
 
-def speedup_frame(rows: list[dict]) -> pd.DataFrame:
-    """One row per cell: the three medians and the ternary path's speedup over each torch path."""
+def weight_mac_rate(weight_macs, median_ms, threads):
+    """G weight-MAC/s per thread: a rate to hold against the core's limits (memory bandwidth, SIMD
+    width), which a speedup over another implementation cannot show. Scalars or pandas Series."""
+    return weight_macs / (median_ms * 1e-3) / threads / 1e9
+
+
+def timing_frame(rows: list[dict]) -> pd.DataFrame:
+    """bench.csv: every timing, with the Numba path's speedup over it (this row's time / the
+    Numba time of its cell) and its weight-MAC rate per core."""
     frame = pd.DataFrame(rows)
-    index = CELL_KEYS + ["potential_speedup"]
-    medians = frame.pivot(index=index, columns="candidate", values="median_ms")
+    frame["median_ms"] = pd.to_numeric(frame["median_ms"])
+    numba = frame[frame["candidate"] == NUMBA].set_index(CELL_KEYS)["median_ms"].rename("numba_ms")
+    numba_ms = frame.join(numba, on=CELL_KEYS)["numba_ms"]
+    frame["numba_speedup"] = frame["median_ms"] / numba_ms
+    frame[RATE] = weight_mac_rate(frame["weight_macs"], frame["median_ms"], frame["threads"])
+    return frame
+
+
+def speedup_frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per cell: every candidate's median, the ternary path's speedup over each of the
+    others and its weight-MAC rate per core."""
+    frame = pd.DataFrame(rows)
+    index = CELL_KEYS + ["potential_speedup", "weight_macs"]
+    medians = frame.pivot(index=index, columns="candidate", values="median_ms").reindex(columns=list(CANDIDATES))
     spread = frame.pivot(index=index, columns="candidate", values=["min_ms", "max_ms"])
     spread.columns = [f"{candidate}_{stat.removesuffix('_ms')}" for stat, candidate in spread.columns]
     medians = medians.join(spread).reset_index()
     medians.columns.name = None
-    medians["speedup_vs_fp32"] = medians[FP32] / medians[NUMBA]
-    medians["speedup_vs_int8"] = medians[INT8] / medians[NUMBA]
+    for baseline, column in SPEEDUP_COLUMNS.items():
+        medians[column] = medians[baseline] / medians[NUMBA]
+    medians[NUMBA_RATE] = weight_mac_rate(medians["weight_macs"], medians[NUMBA], medians["threads"])
     return medians.sort_values(["threads", "group_size", "kind", "workload", "batch", "scales"], kind="stable",
                                ignore_index=True)
 
@@ -64,9 +94,9 @@ def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
     workloads it covers (narrower scales are timed for batch-1 linear layers only)."""
     results = []
     for target in TARGETS:
-        column = "speedup_vs_fp32" if target.baseline == FP32 else "speedup_vs_int8"
+        column = SPEEDUP_COLUMNS[target.baseline]
         chosen = cells[(cells["threads"] == threads) & cells["kind"].isin(target.kind)]
-        chosen = chosen[chosen["batch"] == 1] if target.batch == "1" else chosen[chosen["batch"] > 1]
+        chosen = chosen[chosen["batch"] > 1] if target.batch == ">1" else chosen[chosen["batch"] == int(target.batch)]
         if target.workload is not None:
             chosen = chosen[chosen["workload"] == target.workload]
         for (group_size, scales), rows in chosen.groupby(["group_size", "scales"], sort=False):
@@ -92,7 +122,14 @@ def summary_metrics(cells: pd.DataFrame, targets: list[dict], machine: Machine) 
     return metrics
 
 
-def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine) -> str:
+def skip_notes(rows: list[dict]) -> list[str]:
+    """Why a column says n/a: one line per candidate and reason, with the cells it covers."""
+    skipped = Counter((row["candidate"], row["note"]) for row in rows if row["median_ms"] is None)
+    return [f"- {LABELS[candidate]}: n/a in {count} cell{'s' if count > 1 else ''}: {note}"
+            for (candidate, note), count in skipped.items()]
+
+
+def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine, skipped: list[str] = ()) -> str:
     idle = {True: "idle", False: "BUSY (timings inflated)", None: "idle state unknown"}[machine.idle]
     lines = [
         "# Measured speed of the integer path",
@@ -104,11 +141,18 @@ def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine) -
          "load from its on-disk cache."),
         "",
         ("Every cell is the median of interleaved rounds (min-max in brackets), float32 in and out, input "
-         "quantization included. Speedup = torch time / Numba ternary time at the same thread count; "
-         "\"potential\" is the paper's cost model for the same N. \"scales\" is how the packed file stores "
-         "the group scales: fp32 unless the row says fp16 or int8 (batch-1 linear layers, which read them as "
-         "stored; those outputs differ from the fp32-scale ones by the scales' rounding)."),
+         "quantization included. Speedup = torch or ONNX Runtime (ORT) time / Numba ternary time at the same "
+         "thread count; \"potential\" is the paper's cost model for the same N. \"scales\" is how the packed "
+         "file stores the group scales: fp32 unless the row says fp16 or int8 (batch-1 linear layers, which "
+         "read them as stored; those outputs differ from the fp32-scale ones by the scales' rounding)."),
         "",
+        ("\"Numba G weight-MAC/s/core\" is the workload's multiply-accumulates with a weight (batch x the "
+         "float layers' MACs) per second of the median time, per thread, to be read against physical limits: "
+         "at batch 1 every weight is streamed once per call, so DRAM bandwidth sets a floor on the time; for "
+         "reference, bitnet.cpp's I2_S GEMV reaches about 72 G weight-MAC/s on one Zen3 core with a "
+         "cache-resident matrix. bench.csv has the rate of every candidate."),
+        "",
+        *([*skipped, ""] if skipped else []),
         "## Targets",
         "",
         markdown_table(TARGET_HEADER, [_target_cells(result) for result in targets],
@@ -129,8 +173,9 @@ def _target_cells(result: dict) -> list[str]:
 
 def _timing_cells(row: pd.Series) -> list[str]:
     return [str(row["workload"]), str(row["shape"]), str(row["batch"]), str(row["group_size"]), str(row["scales"]),
-            _ms(row, NUMBA), _ms(row, FP32), _ms(row, INT8), _ratio(row["speedup_vs_fp32"]),
-            _ratio(row["speedup_vs_int8"]), f"{row['potential_speedup']:.1f}x"]
+            _ms(row, NUMBA), _ms(row, FP32), _ms(row, INT8), _ms(row, ORT),
+            *(_ratio(row[column]) for column in SPEEDUP_COLUMNS.values()), _rate(row[NUMBA_RATE]),
+            f"{row['potential_speedup']:.1f}x"]
 
 
 def plot_speedups(cells: pd.DataFrame, path: Path, threads: int) -> Path:
@@ -162,8 +207,8 @@ def write_bench_report(rows: list[dict], machine: Machine, out_dir: str | Path) 
     targets = [t for threads in sorted(cells["threads"].unique()) for t in evaluate_targets(cells, int(threads))]
     paths = {"csv": out_dir / "bench.csv", "markdown": out_dir / "bench.md", "plot": out_dir / "bench_speedup.png"}
     with atomic_path(paths["csv"]) as temp:
-        pd.DataFrame(rows).to_csv(temp, index=False, float_format="%.4f", lineterminator="\n")
-    write_text_atomically(paths["markdown"], bench_markdown(cells, targets, machine))
+        timing_frame(rows).to_csv(temp, index=False, float_format="%.4f", lineterminator="\n")
+    write_text_atomically(paths["markdown"], bench_markdown(cells, targets, machine, skip_notes(rows)))
     plot_speedups(cells, paths["plot"], int(primary))
     return summary_metrics(cells, [t for t in targets if t["threads"] == primary], machine), paths
 
@@ -176,6 +221,10 @@ def _ms(row: pd.Series, candidate: str) -> str:
 
 def _ratio(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{value:.2f}x"
+
+
+def _rate(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.2f}"
 
 
 def _cpus(load: float | None) -> str:

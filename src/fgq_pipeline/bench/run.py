@@ -151,8 +151,7 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
         for build in tqdm(builders, desc="bench", unit="workload"):
             workload = build()
             for threads in _thread_counts(workload, settings):
-                numba.set_num_threads(threads)
-                torch.set_num_threads(threads)
+                _set_threads(workload, threads)
                 timings = time_interleaved(workload.candidates, settings.rounds)
                 rows += [_row(workload, threads, candidate, timings.get(candidate)) for candidate in CANDIDATES]
     after = check_idle(settings, "after")
@@ -166,10 +165,19 @@ def _thread_counts(workload: Workload, settings: BenchSettings) -> tuple[int, ..
     return (min(settings.threads),) if workload.kind == TORCHVISION else settings.threads
 
 
+def _set_threads(workload: Workload, threads: int) -> None:
+    """Every candidate at ``threads``: Numba's and torch's pools, and the workload's own sessions."""
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    for set_threads in workload.on_threads:
+        set_threads(threads)
+
+
 def _row(workload: Workload, threads: int, candidate: str, timing) -> dict:
     row = {"workload": workload.name, "kind": workload.kind, "shape": workload.shape, "batch": workload.batch,
            "group_size": workload.group_size, "scales": workload.scales,
-           "potential_speedup": workload.potential_speedup, "threads": threads, "candidate": candidate}
+           "potential_speedup": workload.potential_speedup, "weight_macs": workload.weight_macs, "threads": threads,
+           "candidate": candidate}
     if timing is None:
         return {**row, "median_ms": None, "min_ms": None, "max_ms": None, "rounds": 0,
                 "note": workload.skipped.get(candidate, "not run")}

@@ -1,11 +1,14 @@
-"""What the benchmark times: one layer or a whole network, run three ways on the same weights and
+"""What the benchmark times: one layer or a whole network, run four ways on the same weights and
 input. Every candidate takes float32 in and gives float32 out, so input quantization is inside
-each timed call (torch's int8 modules quantize inside theirs too).
+each timed call (torch's and ONNX Runtime's int8 models quantize inside theirs too).
 
 - ``numba_ternary``: the packed FGQ layer through :class:`IntegerNet` (quantize, im2col, Numba GEMM);
 - ``torch_fp32``: the float layer or network, torch's own kernels;
 - ``torch_int8``: torch's int8 backend (dynamic quantized Linear; static quantized Conv2d;
-  FX-quantized whole network), where the running torch build has one.
+  FX-quantized whole network), where the running torch build has one;
+- ``onnxruntime_int8``: the float layer or network exported to ONNX and quantized by ONNX Runtime
+  (dynamic for linear layers; static, calibrated on the same images, for convs and networks), where
+  the optional onnxruntime is installed.
 
 Weights are Gaussian (He scale) for single layers, as only their shapes and the share of zero codes
 matter for speed; the CIFAR ResNet uses the pretrained checkpoint when it is given; torchvision's
@@ -41,9 +44,11 @@ from fgq_pipeline.quant import (
 from fgq_pipeline.quant.activation import ActQuantizer
 from fgq_pipeline.quant.modules import QuantConv2d, QuantLinear, WeightFormat
 
-NUMBA, FP32, INT8 = "numba_ternary", "torch_fp32", "torch_int8"
+from . import ort
+
+NUMBA, FP32, INT8, ORT = "numba_ternary", "torch_fp32", "torch_int8", "onnxruntime_int8"
 DEFAULT_SCALES = "fp32"  # how the packed layers store their scales unless a workload says otherwise
-CANDIDATES = (NUMBA, FP32, INT8)
+CANDIDATES = (NUMBA, FP32, INT8, ORT)
 TORCHVISION = "torchvision_network"  # the workload kind of whole torchvision classifiers
 CIFAR_IMAGE = (3, 32, 32)
 CIFAR_CALIBRATION = (64,) * 4  # images per calibration batch
@@ -57,7 +62,9 @@ TORCH_QUANTIZED_DEPRECATION = "torch.quantize_per_tensor, torch.quantize_per_cha
 @dataclass
 class Workload:
     """``candidates``: zero-argument calls by candidate name; ``skipped``: candidate -> reason;
-    ``potential_speedup``: the paper's cost model for this layer or network."""
+    ``potential_speedup``: the paper's cost model for this layer or network; ``weight_macs``: its
+    multiply-accumulates with a weight, whole batch; ``on_threads``: calls made before timing at a
+    thread count (an ONNX Runtime session fixes its threads when it is made)."""
 
     name: str
     kind: str
@@ -66,8 +73,10 @@ class Workload:
     group_size: int
     potential_speedup: float
     candidates: dict[str, Callable[[], object]]
+    weight_macs: int = field(kw_only=True)
     skipped: dict[str, str] = field(default_factory=dict)
     scales: str = DEFAULT_SCALES
+    on_threads: list[Callable[[int], None]] = field(default_factory=list)
 
 
 def linear_workload(name: str, in_features: int, out_features: int, batch: int, group_size: int,
@@ -82,11 +91,12 @@ def linear_workload(name: str, in_features: int, out_features: int, batch: int, 
         warnings.simplefilter("ignore")
         int8 = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
     potential = paper_speedup(min(group_size, in_features))
-    return Workload(name, "linear", f"{in_features}->{out_features}", batch, group_size, potential, {
+    workload = Workload(name, "linear", f"{in_features}->{out_features}", batch, group_size, potential, {
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_numpy),
         FP32: lambda: linear(x),
         INT8: lambda: int8(x),
-    }, scales=scale_dtype)
+    }, scales=scale_dtype, weight_macs=batch * count_ops(linear, (in_features,)).macs)
+    return _with_ort(workload, lambda: ort.dynamic_int8(linear, x))
 
 
 def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int,
@@ -101,12 +111,12 @@ def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, s
     workload = Workload(name, "conv", shape, batch, group_size, potential, {
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_nhwc),
         FP32: lambda: conv(x),
-    })
+    }, weight_macs=batch * count_ops(conv, (in_channels, size, size)).macs)
     try:
         workload.candidates[INT8] = _int8_conv(conv, x)
     except (RuntimeError, AssertionError) as error:
         workload.skipped[INT8] = f"torch has no int8 conv backend here: {error}"
-    return workload
+    return _with_ort(workload, lambda: ort.static_int8(conv, x, [x]))
 
 
 def network_workload(depth: int, batch: int, group_size: int, checkpoint: str | Path | None,
@@ -133,9 +143,9 @@ def torchvision_workload(arch: str, size: int, group_size: int, seed: int = 0) -
 
 def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tuple[int, int, int], batch: int,
                    group_size: int, calibration_sizes: tuple[int, ...], seed: int) -> Workload:
-    """``fp32`` three ways: FGQ at ``group_size`` with 8-bit activations (first/last layers 8-bit),
+    """``fp32`` four ways: FGQ at ``group_size`` with 8-bit activations (first/last layers 8-bit),
     calibrated on generated images and exported to a packed file that IntegerNet runs; the float
-    network; torch's FX static int8 quantization calibrated on the same images."""
+    network; torch's FX and ONNX Runtime's static int8 quantization calibrated on the same images."""
     generator = torch.Generator().manual_seed(seed)
     calibration = [torch.randn(images, *image, generator=generator) for images in calibration_sizes]
     # max ranges: speed does not depend on them, and they calibrate in one pass
@@ -145,16 +155,34 @@ def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tup
     net = IntegerNet(_in_memory(quantized))
     images = torch.randn(batch, *image, generator=generator)
     images_numpy = images.numpy()
-    potential = count_ops(quantized, image).potential_speedup
-    workload = Workload(name, kind, shape, batch, group_size, potential, {
+    ops = count_ops(quantized, image)
+    workload = Workload(name, kind, shape, batch, group_size, ops.potential_speedup, {
         NUMBA: lambda: net(images_numpy),
         FP32: lambda: fp32(images),
-    })
+    }, weight_macs=batch * ops.macs)
     try:
         int8 = _int8_network(fp32, calibration)
         workload.candidates[INT8] = lambda: int8(images)
     except Exception as error:  # noqa: BLE001 - FX tracing or a missing backend: report, do not abort
         workload.skipped[INT8] = f"torch FX int8 quantization failed: {type(error).__name__}: {error}"
+    return _with_ort(workload, lambda: ort.static_int8(fp32, images, calibration))
+
+
+def _with_ort(workload: Workload, build: Callable[[], ort.OrtCandidate]) -> Workload:
+    """Adds the ONNX Runtime candidate, or records in one line why there is none: the package is
+    optional, and a failed export or quantization must not stop the other candidates' timings."""
+    try:
+        candidate = build()
+    except ImportError as error:
+        package = (error.name or "onnxruntime").split(".")[0]
+        workload.skipped[ORT] = f"{package} is not installed: {ort.INSTALL_HINT}"
+        return workload
+    except Exception as error:  # noqa: BLE001 - an unsupported operator or opset: report, do not abort
+        reason = (str(error).strip().splitlines() or [""])[0]
+        workload.skipped[ORT] = f"ONNX export or int8 quantization failed: {type(error).__name__}: {reason}"
+        return workload
+    workload.candidates[ORT] = candidate
+    workload.on_threads.append(candidate.set_threads)
     return workload
 
 
