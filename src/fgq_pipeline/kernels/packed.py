@@ -27,7 +27,7 @@ class PackedLayer:
 
     ``scales`` are stored in ``scale_dtype`` ([K, groups per filter]); int8 scales multiply
     ``scale_of_scales`` (fp32 [K], one per output filter; None for fp32 and fp16). The kernels use
-    :attr:`fp32_scales`. ``bias`` (fp32 [K]) holds the layer bias, the bias correction and any
+    :attr:`fp32_scales`, or, with int8 scales, the int8 layer of :func:`as_int8_layer`. ``bias`` (fp32 [K]) holds the layer bias, the bias correction and any
     folded BatchNorm shift. ``group_size`` is the effective N (capped at C), None for int8 layers.
     """
 

@@ -6,6 +6,8 @@ their weights, output-major (byte 4o + i = w[16t + o, 4q + i]). One ``dot4`` of 
 the quad of an input row, repeated in every lane, adds 64 products into the tile's 16 int32 group
 sums, exactly. At a group's end the sums are converted to fp32 once and multiplied by the 16 group
 scales, as in :mod:`.ternary_gemm`; groups of 4 weights take one ``dot4`` each, N=64 sixteen.
+A ternary layer with int8 scales is an int8 layer (weights t * q, one group per filter, one fp32
+multiply by the filter's scale-of-scales), which is what makes it as fast as one.
 
 Two kernels read the layout:
 
