@@ -298,6 +298,19 @@ def test_a_layer_whose_group_sum_could_overflow_int32_is_rejected():
         pack_ternary_layer("huge", codes, np.ones((1, 1), np.float32), 9_000_000, np.zeros(1, np.float32), ACTIVATION)
 
 
+def test_int8_scales_bound_the_sum_over_the_whole_filter():
+    """With int8 scales a filter is one int32 sum of weights t * q, up to L * 127 * 255: 66,311 weights
+    of uint8 input fit, 66,312 do not, whatever N is (fp32 scales bound each group of N alone)."""
+    def layer(length, scale_dtype):
+        return pack_ternary_layer("fc", np.ones((1, length), np.int8), np.ones((1, length // 8), np.float32), 8,
+                                  np.zeros(1, np.float32), ACTIVATION, scale_dtype=scale_dtype)
+
+    layer(66_312, "fp32")
+    layer(66_311 // 8 * 8, "int8")
+    with pytest.raises(ValueError, match=r"layer 'fc': a group sum can reach 2147514120, beyond the int32"):
+        layer(66_312, "int8")
+
+
 def node(op, inputs, output, **fields):
     return {"op": op, **fields, "inputs": inputs, "output": output}
 

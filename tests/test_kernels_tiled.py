@@ -7,14 +7,16 @@ from test_kernels_gemm import extreme_operands, operands
 
 from fgq_pipeline.kernels import ActivationFormat, pack_int8_layer, pack_ternary_layer
 from fgq_pipeline.kernels.codes import unpack_codes
+from fgq_pipeline.kernels.int8_gemm import int8_gemm
+from fgq_pipeline.kernels.packed import as_int8_layer
 from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
     add_scaled,
-    add_scaled_by,
     dot4_generic,
     dot4_vnni,
     float_zeros,
+    int_add_scaled,
     int_zeros,
     load_bytes,
     store_affine,
@@ -72,19 +74,15 @@ def test_tiled_kernels_match_the_reference_to_float_rounding(positions, channels
     np.testing.assert_array_equal(tiled.gemm(x[:1], args[3])[0], tiled.gemm(x, args[3])[0])
 
 
-@pytest.mark.parametrize("scale_dtype", ["fp16", "int8"])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("positions, channels, group_size", [(9, 16, 4), (1, 256, 64)])
-def test_gemv_reads_narrower_scales_as_stored_and_adds_what_the_other_kernels_add(positions, channels, group_size,
-                                                                                 scale_dtype, signed):
-    """fp16 widens exactly; an int8 scale times its filter's scale-of-scales is rounded once per group,
-    as the scales decoded at load are. So the GEMV (1 and 2 rows), the batched tiled kernel and the
-    general kernels (row and batched paths) give the same floats. Filter magnitudes span 10^-4..10^2,
-    as folded BatchNorms make them, so each filter has its own scale-of-scales."""
+def test_gemv_reads_fp16_scales_as_stored_and_adds_what_the_other_kernels_add(positions, channels, group_size,
+                                                                            signed):
+    """fp16 widens exactly, so the GEMV (1 and 2 rows), the batched tiled kernel and the general
+    kernels (row and batched paths) give the same floats."""
     x, codes, scales, bias, act_scale, channels, n = operands(10, GEMV_MAX_ROWS - 1, 70, positions, channels,
                                                               group_size, 8, signed, power_of_two_scales=False)
-    scales *= (10.0 ** np.random.default_rng(11).integers(-4, 3, (70, 1))).astype(np.float32)
-    layer = ternary_layer(codes, scales, bias, act_scale, channels, n, positions, 8, signed, scale_dtype)
+    layer = ternary_layer(codes, scales, bias, act_scale, channels, n, positions, 8, signed, "fp16")
     tiled = TiledLayer.from_packed(layer)
     gemv = tiled.gemm(x, act_scale)
     general = ternary_gemm(x, layer.weights, layer.fp32_scales, bias, act_scale, channels, n)
@@ -97,25 +95,57 @@ def test_gemv_reads_narrower_scales_as_stored_and_adds_what_the_other_kernels_ad
         np.testing.assert_array_equal(gemv, other, err_msg=name)
 
 
-def test_add_scaled_by_rounds_the_scale_before_it_multiplies_the_sum():
-    """fl(acc + fl(S * fl(float(q) * m))) per lane, two products and a sum, no fused multiply-add."""
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("positions, channels, group_size", [(9, 16, 4), (1, 256, 64), (9, 16, 16), (4, 12, 2)])
+def test_int8_scales_compute_the_int8_weights_t_times_q_with_one_multiply_per_filter(positions, channels,
+                                                                                    group_size, signed):
+    """out = fl(fl(fl(float(sum_i t_i q_g(i) x_i) * sos_k) * s_x) + b_k): one exact int32 sum per filter.
+    The GEMV (2-bit codes, int8 scales as stored), the batched tiled kernel (int8 weights t * q) and
+    the general int8 GEMM give exactly that. Filter magnitudes span 10^-4..10^2, as folded BatchNorms
+    make them, so each filter has its own scale-of-scales; N=2 has no GEMV but still runs tiled."""
+    x, codes, scales, bias, act_scale, channels, n = operands(10, GEMV_MAX_ROWS - 1, 70, positions, channels,
+                                                              group_size, 8, signed, power_of_two_scales=False)
+    scales *= (10.0 ** np.random.default_rng(11).integers(-4, 3, (70, 1))).astype(np.float32)
+    layer = ternary_layer(codes, scales, bias, act_scale, channels, n, positions, 8, signed, "int8")
+    as_int8 = as_int8_layer(layer)
+    per_position = layer.scales.astype(np.int64).reshape(70, positions, -1)
+    q = np.repeat(per_position, n, axis=2)[:, :, :channels].reshape(70, -1)  # each group's scale on its weights
+    weights = unpack_codes(codes, positions * channels).astype(np.int64) * q
+    np.testing.assert_array_equal(as_int8.weights, weights)
+    sums = (x.astype(np.int64) @ weights.T).astype(np.float32)
+    expected = sums * layer.scale_of_scales * np.float32(act_scale) + bias
+    tiled = TiledLayer.from_packed(layer)
+    assert (tiled.gemv is not None) == (group_size % 4 == 0)
+    kernels = {
+        "tiled": tiled.gemm(x, act_scale),
+        "one row": np.concatenate([tiled.gemm(x[:1], act_scale), tiled.gemm(x[1:], act_scale)]),
+        "batched tiled": tiled.gemm(np.repeat(x, ROW_BLOCK, axis=0), act_scale)[::ROW_BLOCK],
+        "general": int8_gemm(x, as_int8.weights, as_int8.fp32_scales[:, 0], bias, act_scale),
+    }
+    for name, out in kernels.items():
+        np.testing.assert_array_equal(out, expected, err_msg=name)
+
+
+def test_int_add_scaled_adds_each_group_sum_times_its_int8_scale_exactly():
+    """acc + S * q per int32 lane, read from an offset, at the extremes: |S| = 2^23 times q = -127 and 127."""
 
     @njit
-    def run(sum_bytes, scales, multipliers, start, zeros, out):
-        sums = load_bytes(sum_bytes, 0)
-        acc = add_scaled_by(add_scaled(float_zeros(), sums, start, 0), sums, scales, 0, multipliers, 0)
-        store_affine(out, 0, acc, np.float32(1.0), zeros, 0)
+    def run(start_bytes, sum_bytes, scales, out):
+        acc = int_add_scaled(load_bytes(start_bytes, 0), load_bytes(sum_bytes, 0), scales, 1)
+        store_affine(out, 0, add_scaled(float_zeros(), acc, np.ones(16, np.float32), 0), np.float32(1.0),
+                     np.zeros(16, np.float32), 0)
 
     rng = np.random.default_rng(5)
-    sums = rng.integers(-2**20, 2**20, 16).astype(np.int32)
-    scales = rng.integers(-127, 128, 16).astype(np.int8)
-    multipliers = rng.uniform(1e-4, 1.0, 16).astype(np.float32)
-    start = rng.normal(size=16).astype(np.float32)
+    sums = rng.integers(-2**23, 2**23, 16).astype(np.int32)
+    sums[:3] = 2**23, -2**23, 2**23
+    scales = rng.integers(-127, 128, 17).astype(np.int8)  # read from index 1
+    scales[1:4] = -127, 127, 127
+    start = rng.integers(-2**20, 2**20, 16).astype(np.int32)
     out = np.empty(16, np.float32)
-    run(sums.view(np.uint8), scales, multipliers, start, np.zeros(16, np.float32), out)
-    decoded = scales.astype(np.float32) * multipliers
-    sum_float = sums.astype(np.float32)
-    np.testing.assert_array_equal(out, sum_float * start + sum_float * decoded)
+    run(start.view(np.uint8), sums.view(np.uint8), scales, out)
+    expected = start.astype(np.int64) + sums.astype(np.int64) * scales[1:].astype(np.int64)
+    assert np.abs(expected).max() < 2**31
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
 
 
 def test_tiled_kernels_are_exact_at_the_int8_and_uint8_extremes():

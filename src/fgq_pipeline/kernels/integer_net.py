@@ -2,7 +2,9 @@
 
 Activations run NHWC in float32 between layers. At each quantized layer the input is rounded to
 that layer's integer grid (round half to even, saturate: the fake-quant model's rule), multiplied
-against the packed weights with an exact integer sum per group, and scaled back to float32.
+against the packed weights with an exact integer sum per group, and scaled back to float32 (a
+ternary layer with int8 scales: one exact sum per filter of the int8 weights t * q, see
+:func:`.packed.as_int8_layer`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from . import graph_ops as ops
 from .graph import validate_graph
 from .im2col import im2col
 from .int8_gemm import int8_gemm
-from .packed import PackedLayer
+from .packed import PackedLayer, as_int8_layer
 from .packed_file import PackedModel, load_packed
 from .simd import HAS_VNNI
 from .ternary_gemm import ternary_gemm
@@ -33,9 +35,10 @@ class IntegerNet:
             name: TiledLayer.from_packed(layer) for name, layer in self.layers.items()
             if HAS_VNNI and TiledLayer.supports(layer)  # without VNNI they are about 10x slower (kernels README)
         }
-        self._scales = {  # fp32 scales for the general kernels (the tiled layout holds its own)
-            name: layer.fp32_scales for name, layer in self.layers.items() if name not in self._tiled
+        self._general = {  # the rest, int8-scale ternary layers as the int8 layers they define
+            name: as_int8_layer(layer) for name, layer in self.layers.items() if name not in self._tiled
         }
+        self._scales = {name: layer.fp32_scales for name, layer in self._general.items()}  # decoded once
 
     @classmethod
     def load(cls, path: str | Path) -> "IntegerNet":
@@ -95,7 +98,7 @@ class IntegerNet:
         act_scale = layer.activation.scale
         if layer.name in self._tiled:
             return self._tiled[layer.name].gemm(columns, act_scale)
-        scales = self._scales[layer.name]
+        layer, scales = self._general[layer.name], self._scales[layer.name]
         if layer.weight_format == "int8":
             return int8_gemm(columns, layer.weights, scales[:, 0], layer.bias, act_scale)
         return ternary_gemm(columns, layer.weights, scales, layer.bias, act_scale, layer.in_channels, layer.group_size)

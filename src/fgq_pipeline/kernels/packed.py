@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import ActivationFormat
-from .codes import pack_codes
+from .codes import pack_codes, unpack_codes
 from .packed_checks import validate_layer
 from .scales import SCALE_BITS, SCALE_OF_SCALES_BITS, decode_scales, encode_scales
 
@@ -27,7 +27,7 @@ class PackedLayer:
 
     ``scales`` are stored in ``scale_dtype`` ([K, groups per filter]); int8 scales multiply
     ``scale_of_scales`` (fp32 [K], one per output filter; None for fp32 and fp16). The kernels use
-    :attr:`fp32_scales`. ``bias`` (fp32 [K]) holds the layer bias, the bias correction and any
+    :attr:`fp32_scales`, or, with int8 scales, the int8 layer of :func:`as_int8_layer`. ``bias`` (fp32 [K]) holds the layer bias, the bias correction and any
     folded BatchNorm shift. ``group_size`` is the effective N (capped at C), None for int8 layers.
     """
 
@@ -102,6 +102,24 @@ def bits_per_weight(layers: PackedLayer | list[PackedLayer]) -> float:
     if not layers:
         raise ValueError("bits_per_weight needs at least one packed layer")
     return sum(layer.storage_bits for layer in layers) / sum(layer.weight_count for layer in layers)
+
+
+def as_int8_layer(layer: PackedLayer) -> PackedLayer:
+    """A ternary layer with int8 scales as the 8-bit layer it defines: weights t_ki * q_k,g(i) (|w| <= 127),
+    one fp32 scale sos_k per filter. Every kernel and the twin run it so: an exact int32 sum over the
+    whole filter, then one fp32 multiply by sos_k; other layers are returned as they are."""
+    if layer.weight_format != "ternary" or layer.scale_dtype != "int8":
+        return layer
+    channels, length = layer.in_channels, layer.reduction_length
+    column = np.arange(length)
+    group = (column // channels) * -(-channels // layer.group_size) + (column % channels) // layer.group_size
+    weights = unpack_codes(layer.weights, length) * layer.scales[:, group]  # int8 * int8 -> int8: |t q| <= 127
+    return PackedLayer(
+        name=layer.name, kind=layer.kind, weight_format="int8", weight_shape=layer.weight_shape, stride=layer.stride,
+        padding=layer.padding, dilation=layer.dilation, group_size=None, weights=weights.astype(np.int8),
+        scales=layer.scale_of_scales.reshape(-1, 1).copy(), scale_dtype="fp32", scale_of_scales=None,
+        bias=layer.bias, activation=layer.activation,
+    )
 
 
 def to_reduction_order(array: np.ndarray) -> np.ndarray:

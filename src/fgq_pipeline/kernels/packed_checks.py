@@ -113,9 +113,10 @@ def _check_scale_of_scales(layer: PackedLayer) -> None:
 
 
 def _check_accumulator(layer: PackedLayer) -> None:
-    """The kernels sum a group in int32: |sum| <= terms * max|weight| * max|activation|."""
-    terms, weight_max = (layer.group_size, 1) if layer.weight_format == "ternary" else (
-        layer.reduction_length, INT8_WEIGHT_MAX)
+    """The kernels sum a group in int32: |sum| <= terms * max|weight| * max|activation|. A ternary layer
+    with int8 scales runs as int8 weights t * q over its whole filter (:func:`.packed.as_int8_layer`)."""
+    int8_sum = layer.weight_format == "int8" or layer.scale_dtype == "int8"
+    terms, weight_max = (layer.reduction_length, INT8_WEIGHT_MAX) if int8_sum else (layer.group_size, 1)
     bound = terms * weight_max * layer.activation.max_magnitude
     if bound > ACCUMULATOR_MAX:
         raise ValueError(f"a group sum can reach {bound}, beyond the int32 accumulator ({ACCUMULATOR_MAX})")

@@ -3,9 +3,11 @@
 At N=4 an fp32 scale adds 8 bits to every 2-bit weight, so the scale precision is the main storage
 lever. int8 scales share one fp32 scale-of-scales per output filter, not per layer: a folded
 BatchNorm makes different filters' scales differ by orders of magnitude, and one layer-wide grid
-would leave the small filters a few steps. The kernels always multiply in fp32. The batched ones
-use scales decoded once, when the file loads; the batch-1 GEMV reads them as stored and widens them
-in registers, so narrower scales also cut what it streams from memory.
+would leave the small filters a few steps. fp32 and fp16 scales multiply each group sum in fp32 (the
+batched kernels decode them once, when the file loads; the batch-1 GEMV widens them in registers, so
+narrower scales also cut what it streams). int8 scales never become floats: codes times q are int8
+weights, summed in int32, and only the per-filter scale-of-scales multiplies in fp32
+(:func:`.packed.as_int8_layer`).
 """
 
 from __future__ import annotations

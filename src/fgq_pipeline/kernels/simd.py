@@ -222,7 +222,7 @@ def add_scaled(typingctx, acc, sums, scales, index):
     """acc + float(sums) * scales[index:index + 16]: one group's exact sums into the fp32 total.
 
     Scales may be stored as fp32 or fp16 (passed as a uint16 view: Numba has no CPU float16; needs
-    F16C, see HAS_F16C); each widens to fp32 exactly. int8 scales belong to :func:`add_scaled_by`;
+    F16C, see HAS_F16C); each widens to fp32 exactly. int8 scales belong to :func:`int_add_scaled`;
     they type here too because Numba prunes a ``multipliers is None`` branch only when it is None,
     so with int8 scales the GEMV's unused fp32 branch must still compile.
     """
@@ -237,22 +237,23 @@ def add_scaled(typingctx, acc, sums, scales, index):
 
 
 @intrinsic
-def add_scaled_by(typingctx, acc, sums, scales, index, multipliers, multiplier_index):
-    """acc + float(sums) * (float(scales[index:]) * multipliers[multiplier_index:]), 16 lanes.
+def int_add_scaled(typingctx, acc, sums, scales, index):
+    """acc + sums * int32(scales[index:index + 16]), 16 int32 lanes, wrapping like vpmulld / vpaddd.
 
-    int8 scales as stored times each output's fp32 scale-of-scales: the scale is rounded once, to
-    the fp32 scale the other kernels decode at load, before it multiplies the group sum.
+    int8 scales: a group's sum times its int8 scale, summed over the filter in int32, is the exact dot
+    product with the int8 weights t * q; the loader's bound keeps the final sum in int32, so the
+    wrap-around of an intermediate cannot change it.
     """
-    if not _flat(scales, types.int8) or not _flat(multipliers, types.float32):
+    if not _flat(scales, types.int8):
         return None
 
     def codegen(context, builder, sig, args):
-        acc, sums, array, index, factors, factor_index = args
-        pointer = _element_pointer(context, builder, sig.args[4], factors, factor_index, _FLOAT_VECTOR)
-        scale = builder.fmul(_scale_vector(builder, context, sig.args[2], array, index), builder.load(pointer, align=4))
-        return _add_product(builder, acc, sums, scale)
+        acc, sums, array, index = args
+        stored = builder.load(_element_pointer(context, builder, sig.args[2], array, index, ir.VectorType(_I8, LANES)),
+                              align=1)
+        return builder.add(acc, builder.mul(sums, builder.sext(stored, _INT_VECTOR)))
 
-    return float_vector(float_vector, int_vector, scales, index, multipliers, multiplier_index), codegen
+    return int_vector(int_vector, int_vector, scales, index), codegen
 
 
 @intrinsic

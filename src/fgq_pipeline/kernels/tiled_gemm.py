@@ -6,6 +6,8 @@ their weights, output-major (byte 4o + i = w[16t + o, 4q + i]). One ``dot4`` of 
 the quad of an input row, repeated in every lane, adds 64 products into the tile's 16 int32 group
 sums, exactly. At a group's end the sums are converted to fp32 once and multiplied by the 16 group
 scales, as in :mod:`.ternary_gemm`; groups of 4 weights take one ``dot4`` each, N=64 sixteen.
+A ternary layer with int8 scales is an int8 layer (weights t * q, one group per filter, one fp32
+multiply by the filter's scale-of-scales), which is what makes it as fast as one.
 
 Two kernels read the layout:
 
@@ -36,18 +38,18 @@ from numba import njit, prange
 
 from .codes import CODES_PER_BYTE, unpack_codes
 from .operands import check_activations
-from .packed import PackedLayer
+from .packed import PackedLayer, as_int8_layer
 from .packed_checks import ACCUMULATOR_MAX
 from .simd import (
     BYTES,
     HAS_F16C,
     LANES,
     add_scaled,
-    add_scaled_by,
     broadcast_quad,
     decode_codes,
     dot4,
     float_zeros,
+    int_add_scaled,
     int_sub,
     int_zeros,
     load_bytes,
@@ -116,7 +118,9 @@ def _gemv_kernel(x, codes, scales, multipliers, offsets, group_ends, signed, bia
     """One task per group of 4 tiles (64 outputs): four independent accumulator chains, one code stream.
 
     ``multipliers`` (int8 scales: each output's scale-of-scales) or None; Numba compiles the None
-    case without the branch that reads them."""
+    case without the branches that read them. With int8 scales each group sum times its int8 scale is
+    added in int32, and the filter's total is multiplied by its scale-of-scales once, as the int8
+    layer it is (:func:`.packed.as_int8_layer`) is computed by the batched kernel."""
     rows, length = x.shape
     tiles = out.shape[1] // TILE
     width = out.shape[1]
@@ -127,6 +131,7 @@ def _gemv_kernel(x, codes, scales, multipliers, offsets, group_ends, signed, bia
         for m in range(rows):
             row = m * length
             f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
+            i0, i1, i2, i3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
             start = 0
             for g in range(group_ends.shape[0]):
                 a0, a1, a2, a3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
@@ -144,11 +149,13 @@ def _gemv_kernel(x, codes, scales, multipliers, offsets, group_ends, signed, bia
                     f0, f1 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs + TILE)
                     f2, f3 = add_scaled(f2, a2, s, gs + 2 * TILE), add_scaled(f3, a3, s, gs + 3 * TILE)
                 else:
-                    f0 = add_scaled_by(f0, a0, s, gs, multipliers, lanes)
-                    f1 = add_scaled_by(f1, a1, s, gs + TILE, multipliers, lanes + TILE)
-                    f2 = add_scaled_by(f2, a2, s, gs + 2 * TILE, multipliers, lanes + 2 * TILE)
-                    f3 = add_scaled_by(f3, a3, s, gs + 3 * TILE, multipliers, lanes + 3 * TILE)
+                    i0, i1 = int_add_scaled(i0, a0, s, gs), int_add_scaled(i1, a1, s, gs + TILE)
+                    i2, i3 = int_add_scaled(i2, a2, s, gs + 2 * TILE), int_add_scaled(i3, a3, s, gs + 3 * TILE)
                 start = group_ends[g]
+            if multipliers is not None:
+                f0, f1 = add_scaled(f0, i0, multipliers, lanes), add_scaled(f1, i1, multipliers, lanes + TILE)
+                f2 = add_scaled(f2, i2, multipliers, lanes + 2 * TILE)
+                f3 = add_scaled(f3, i3, multipliers, lanes + 3 * TILE)
             for i, f in enumerate((f0, f1, f2, f3)):
                 tile = task * TILE_GROUP + i
                 if tile < tiles:  # the last group's padding tiles are computed, not stored
@@ -160,26 +167,29 @@ class GemvOperands:
     """A ternary layer for the GEMV kernel, per group of 4 tiles: ``codes`` uint8 [T / 4, Q, 64] (16
     bytes per tile, see :func:`.simd.decode_codes`), ``scales`` and ``offsets`` int32 [T / 4, G, 64]:
     one stream each for the four tiles' accumulators (per-tile arrays, four streams, were about 10%
-    slower at batch 1; this order was slower in the batched kernel).
+    slower at batch 1; this order was slower in the batched kernel); ``group_ends`` [G] as in
+    :class:`TiledLayer` (the batched kernel runs an int8-scale layer as one group per filter).
 
     The scales stay as the file stores them (fp32; fp16 as its uint16 bits; int8, with
     ``multipliers`` fp32 [K rounded up to 64], each output's scale-of-scales, else None): at N=4
     the scales are most of what a batch-1 layer reads, 8 bits per weight in fp32 against 2 for the
-    codes. An int8 scale is widened and multiplied by its output's scale-of-scales per group, so the
-    GEMV adds the same fp32 products as the kernels that decode the scales at load."""
+    codes. int8 scales multiply the group sums in int32, so the GEMV computes what the batched
+    kernel computes from the weights t * q."""
 
     codes: np.ndarray
     scales: np.ndarray
     offsets: np.ndarray
     multipliers: np.ndarray | None
+    group_ends: np.ndarray
 
 
 @dataclass(frozen=True)
 class TiledLayer:
     """One layer in tile layout, T = ceil(K / 16) tiles: ``weights`` int8 [T, Q, 64]; ``scales`` fp32
     and ``offsets`` int32 (128 * each group's weight sum) [T, G, 16]; ``group_ends`` [G] (the quad
-    after each group); ``bias`` fp32 [K rounded up to 64]; ``gemv`` for ternary layers, else None.
-    Outputs past K are zero padding."""
+    after each group); ``bias`` fp32 [K rounded up to 64]; ``gemv`` for ternary layers whose groups
+    are whole quads, else None. Outputs past K are zero padding. A ternary layer with int8 scales is
+    laid out for the batched kernel as the int8 layer it defines (:func:`.packed.as_int8_layer`)."""
 
     weights: np.ndarray
     scales: np.ndarray
@@ -192,12 +202,12 @@ class TiledLayer:
     @staticmethod
     def supports(layer: PackedLayer) -> bool:
         """Groups of whole quads, and group sums of biased signed inputs that fit int32."""
-        if layer.weight_format == "int8":
-            terms, weight_max = layer.reduction_length, SIGNED_OFFSET
-        else:
-            terms, weight_max = layer.group_size, 1
-            if layer.in_channels % QUAD or (layer.group_size < layer.in_channels and layer.group_size % QUAD):
+        if layer.weight_format == "ternary" and layer.scale_dtype != "int8":
+            if not _ternary_quads(layer):
                 return False
+            terms, weight_max = layer.group_size, 1
+        else:  # int8 weights, or ternary codes times int8 scales: one sum over the filter
+            terms, weight_max = layer.reduction_length, SIGNED_OFFSET
         return layer.reduction_length % QUAD == 0 and terms * weight_max * 255 <= ACCUMULATOR_MAX
 
     @classmethod
@@ -205,32 +215,15 @@ class TiledLayer:
         if not cls.supports(layer):
             raise ValueError(f"layer {layer.name!r}: its groups do not split into whole quads of {QUAD} weights "
                              f"(in_channels={layer.in_channels}, group_size={layer.group_size})")
-        length, outputs = layer.reduction_length, layer.out_channels
-        tiles, quads = -(-outputs // TILE), length // QUAD
-        padded = -(-tiles // TILE_GROUP) * GROUP_LANES
-        dense = np.zeros((padded, length), dtype=np.int8)
-        ternary = layer.weight_format == "ternary"
-        dense[:outputs] = unpack_codes(layer.weights, length) if ternary else layer.weights
-        group_ends = _group_ends(layer)
-        scales = np.zeros((padded, len(group_ends)), dtype=np.float32)
-        scales[:outputs] = layer.fp32_scales
-        group_sums = np.add.reduceat(dense.astype(np.int32), np.r_[0, group_ends[:-1]] * QUAD, axis=1)
-        bias = np.zeros(padded, dtype=np.float32)
+        batched = as_int8_layer(layer)
+        dense, group_ends, offsets = _dense_layout(batched)
+        tiles, quads, outputs = -(-layer.out_channels // TILE), layer.reduction_length // QUAD, layer.out_channels
+        scales = np.zeros((dense.shape[0], len(group_ends)), dtype=np.float32)
+        scales[:outputs] = batched.fp32_scales
+        bias = np.zeros(dense.shape[0], dtype=np.float32)
         bias[:outputs] = layer.bias
         by_quad = dense.reshape(-1, TILE, quads, QUAD).transpose(0, 2, 1, 3)  # [tile, Q, output, i]
-        offsets = (SIGNED_OFFSET * group_sums).astype(np.int32)
-        gemv = None
-        if ternary:
-            as_stored = layer.scales.dtype != np.float16 or HAS_F16C
-            stored = np.zeros((padded, len(group_ends)), dtype=layer.scales.dtype if as_stored else np.float32)
-            stored[:outputs] = layer.scales if as_stored else layer.fp32_scales
-            stored = stored.view(np.uint16) if stored.dtype == np.float16 else stored
-            multipliers = None
-            if layer.scale_of_scales is not None:
-                multipliers = np.ones(padded, dtype=np.float32)  # padding outputs have zero scales
-                multipliers[:outputs] = layer.scale_of_scales
-            gemv = GemvOperands(_group_codes(by_quad), _lanes_major(stored, GROUP_LANES),
-                                _lanes_major(offsets, GROUP_LANES), multipliers)
+        gemv = _gemv_operands(layer) if layer.weight_format == "ternary" and _ternary_quads(layer) else None
         return cls(
             weights=np.ascontiguousarray(by_quad[:tiles].reshape(tiles, quads, BYTES)),
             scales=_lanes_major(scales[:tiles * TILE], TILE),
@@ -253,12 +246,46 @@ class TiledLayer:
         out = np.empty((x.shape[0], tiles * TILE), dtype=np.float32)
         if self.gemv is not None and x.shape[0] < GEMV_MAX_ROWS:
             gemv = self.gemv
-            _gemv_kernel(x, gemv.codes, gemv.scales, gemv.multipliers, gemv.offsets, self.group_ends, signed,
+            _gemv_kernel(x, gemv.codes, gemv.scales, gemv.multipliers, gemv.offsets, gemv.group_ends, signed,
                          self.bias, np.float32(act_scale), out)
         else:
             _batched_kernel(x, self.weights, self.scales, self.offsets, self.group_ends, signed, self.bias,
                             np.float32(act_scale), out)
         return out if out.shape[1] == self.out_channels else np.ascontiguousarray(out[:, :self.out_channels])
+
+
+def _ternary_quads(layer: PackedLayer) -> bool:
+    """Whether every group of a ternary layer is whole quads (what the GEMV's code layout needs)."""
+    return not (layer.in_channels % QUAD or (layer.group_size < layer.in_channels and layer.group_size % QUAD))
+
+
+def _dense_layout(layer: PackedLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int8 weights [K rounded up to 64, L] (zero rows past K), the group ends, and the offsets
+    128 * each group's weight sum, int32 [K rounded up to 64, G]."""
+    length, outputs = layer.reduction_length, layer.out_channels
+    padded = -(-outputs // GROUP_LANES) * GROUP_LANES
+    dense = np.zeros((padded, length), dtype=np.int8)
+    dense[:outputs] = unpack_codes(layer.weights, length) if layer.weight_format == "ternary" else layer.weights
+    group_ends = _group_ends(layer)
+    group_sums = np.add.reduceat(dense.astype(np.int32), np.r_[0, group_ends[:-1]] * QUAD, axis=1)
+    return dense, group_ends, (SIGNED_OFFSET * group_sums).astype(np.int32)
+
+
+def _gemv_operands(layer: PackedLayer) -> GemvOperands:
+    """The ternary layer's codes, scales as stored (fp16 decoded where the CPU lacks F16C) and offsets."""
+    dense, group_ends, offsets = _dense_layout(layer)
+    quads, outputs = layer.reduction_length // QUAD, layer.out_channels
+    by_quad = dense.reshape(-1, TILE, quads, QUAD).transpose(0, 2, 1, 3)
+    as_stored = layer.scales.dtype != np.float16 or HAS_F16C
+    stored = np.zeros((dense.shape[0], len(group_ends)), dtype=layer.scales.dtype if as_stored else np.float32)
+    stored[:outputs] = layer.scales if as_stored else layer.fp32_scales
+    stored = stored.view(np.uint16) if stored.dtype == np.float16 else stored
+    multipliers = None
+    if layer.scale_of_scales is not None:
+        multipliers = np.ones(dense.shape[0], dtype=np.float32)  # padding outputs have zero scales
+        multipliers[:outputs] = layer.scale_of_scales
+    return GemvOperands(_group_codes(by_quad), _lanes_major(stored, GROUP_LANES), _lanes_major(offsets, GROUP_LANES),
+                        multipliers, group_ends)
 
 
 def _group_ends(layer: PackedLayer) -> np.ndarray:

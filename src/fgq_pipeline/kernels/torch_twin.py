@@ -23,7 +23,7 @@ from .codes import unpack_codes
 from .export import pack_model
 from .graph import validate_graph
 from .integer_net import IntegerNet
-from .packed import PackedLayer
+from .packed import PackedLayer, as_int8_layer
 from .packed_file import PackedModel
 
 FP32_EXACT_INTEGERS = 2**24  # integer sums below this are exact in fp32, whatever order they are added in
@@ -97,6 +97,7 @@ class TwinLayer(nn.Module):
 
     def __init__(self, layer: PackedLayer):
         super().__init__()
+        layer = as_int8_layer(layer)  # int8 scales: the int8 weights t * q, one fp32 scale per filter
         self.kind, self.ternary = layer.kind, layer.weight_format == "ternary"
         self.kernel_size, self.stride = layer.kernel_size, layer.stride or (1, 1)
         self.padding, self.dilation = layer.padding or (0, 0), layer.dilation or (1, 1)
