@@ -146,6 +146,18 @@ def test_augmentation_pads_with_black_crops_and_flips_reproducibly(fake_cifar):
     assert matches[len(crops):].any(dim=0).any()  # and some were flipped
 
 
+def test_datamodule_hyperparameters_load_from_a_checkpoint_without_omegaconf(fake_cifar, tmp_path):
+    """Lightning stores them in every checkpoint, which ``finetune.resume_from`` loads with
+    ``weights_only=True``: config lists (mean, std) must arrive as plain lists, not ListConfig."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=["data=cifar10", f"data.root={fake_cifar}"])
+    datamodule = build_datamodule(cfg)
+    torch.save({"datamodule_hyper_parameters": dict(datamodule.hparams)}, tmp_path / "last.ckpt")  # as Lightning
+
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert saved["mean"] == [0.485, 0.456, 0.406] and type(saved["mean"]) is list
+
+
 def test_training_loader_and_subsets(fake_cifar):
     first = Cifar10DataModule(fake_cifar, batch_size=8, subset_train=10, subset_test=5)
     second = Cifar10DataModule(fake_cifar, batch_size=8, subset_train=10, subset_test=5)

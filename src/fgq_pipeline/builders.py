@@ -21,8 +21,10 @@ CONFIG_ONLY_KEYS = ("name", "checkpoint")  # describe the object in a config gro
 
 
 def _instantiate(group: DictConfig, **replace):
+    """Plain lists and dicts as arguments (``_convert_="all"``): objects that save them, as a
+    datamodule's hyperparameters in each Lightning checkpoint, must not need omegaconf to load."""
     fields = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in CONFIG_ONLY_KEYS}
-    return instantiate({**fields, **replace})
+    return instantiate({**fields, **replace}, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
