@@ -100,10 +100,12 @@ class ForcedNet(IntegerNet):
     integer graph computed itself (from the previous layers' outputs, through pooling, adds,
     flatten, ...) was from it, relative to its largest magnitude."""
 
-    def run_layer(self, layer, x):
+    hands_over_integers = False  # every layer's float input goes through run_layer
+
+    def run_layer(self, layer, x, *epilogue):
         expected = self.torch_inputs[layer.name]
         self.input_error[layer.name] = float(np.abs(x - expected).max() / np.abs(expected).max())
-        return super().run_layer(layer, expected)
+        return super().run_layer(layer, expected, *epilogue)
 
 
 def compare_forced(model: nn.Module, images: torch.Tensor, path) -> dict:

@@ -45,9 +45,11 @@ FULL_TEST_SET_AGREEMENT = 0.999  # see the full-test-set test: flips move a few 
 class RecordingNet(IntegerNet):
     """Keeps the integers each layer received, to compare with the fake-quant model's."""
 
-    def run_layer(self, layer, x):
+    hands_over_integers = False  # every layer's float input goes through run_layer
+
+    def run_layer(self, layer, x, *epilogue):
         self.inputs[layer.name] = layer.activation.quantize(x).astype(np.int16)  # 8-bit codes: int16 holds differences
-        return super().run_layer(layer, x)
+        return super().run_layer(layer, x, *epilogue)
 
 
 def fake_quant_inputs(model: torch.nn.Module) -> dict:

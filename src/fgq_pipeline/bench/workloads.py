@@ -2,7 +2,7 @@
 input. Every candidate takes float32 in and gives float32 out, so input quantization is inside
 each timed call (torch's and ONNX Runtime's int8 models quantize inside theirs too).
 
-- ``numba_ternary``: the packed FGQ layer through :class:`IntegerNet` (quantize, im2col, Numba GEMM);
+- ``numba_ternary``: the packed FGQ layer through :class:`IntegerNet` (quantize, Numba GEMM reading the input in place);
 - ``torch_fp32``: the float layer or network, torch's own kernels;
 - ``torch_int8``: torch's int8 backend (dynamic quantized Linear; static quantized Conv2d;
   FX-quantized whole network), where the running torch build has one;

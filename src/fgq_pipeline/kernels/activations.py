@@ -48,18 +48,40 @@ class ActivationFormat:
     def dtype(self) -> type[np.integer]:
         return np.int8 if self.signed else np.uint8
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        """float32 -> integers: clamp(round(x / scale)), computed in float32 like the torch model."""
+    def quantize(self, x: np.ndarray, padding: tuple[int, int] = (0, 0), channels: int | None = None) -> np.ndarray:
+        """float32 -> integers: clamp(round(x / scale)), computed in float32 like the torch model.
+        ``padding`` (NHWC ``x`` only): rows and columns of integer 0 on each side, and ``channels``:
+        integer 0 channels after x's up to that many, written in the same pass, so a convolution can
+        read its input in place (:func:`.packed.with_quad_channels`)."""
         qmin, qmax = self.integer_range
         x = np.ascontiguousarray(x, dtype=np.float32)
-        integers = np.empty(x.shape, dtype=self.dtype)
-        _quantize_kernel(x.reshape(-1), np.float32(self.scale), np.float32(qmin), np.float32(qmax), integers.reshape(-1))
-        return integers
+        pad_h, pad_w = padding
+        if x.ndim != 4 and (pad_h or pad_w or channels):
+            raise ValueError(f"padding needs an NHWC input, got shape {x.shape}")
+        if channels is not None and channels < x.shape[-1]:
+            raise ValueError(f"cannot pad {x.shape[-1]} channels to {channels}")
+        images = x.reshape(-1, 1, 1, x.shape[-1]) if x.ndim != 4 else x
+        batch, height, width, depth = images.shape
+        integers = np.empty((batch, height + 2 * pad_h, width + 2 * pad_w, channels or depth), dtype=self.dtype)
+        _quantize_kernel(images, np.float32(self.scale), np.float32(qmin), np.float32(qmax), pad_h, pad_w, integers)
+        return integers if x.ndim == 4 else integers.reshape(x.shape)
 
 
 @njit(cache=True)
-def _quantize_kernel(x, scale, qmin, qmax, out):
-    """One pass instead of numpy's four (divide, round, clip, cast); the same fp32 division and
-    round-half-to-even, so the integers are the fake-quant model's bit for bit."""
-    for i in range(x.shape[0]):
-        out[i] = min(max(np.rint(x[i] / scale), qmin), qmax)
+def _quantize_kernel(x, scale, qmin, qmax, pad_h, pad_w, out):
+    """One pass instead of numpy's four (divide, round, clip, cast) plus a padded copy; the same
+    fp32 division and round-half-to-even, so the integers are the fake-quant model's bit for bit."""
+    batch, height, width, channels = x.shape
+    for b in range(batch):
+        for h in range(out.shape[1]):
+            row = out[b, h]
+            if h < pad_h or h >= pad_h + height:
+                row[:] = 0
+                continue
+            row[:pad_w] = 0
+            row[pad_w + width:] = 0
+            source = x[b, h - pad_h]
+            for w in range(width):
+                for c in range(channels):
+                    row[pad_w + w, c] = min(max(np.rint(source[w, c] / scale), qmin), qmax)
+                row[pad_w + w, channels:] = 0

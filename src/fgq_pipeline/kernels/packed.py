@@ -11,6 +11,7 @@ output filter, i.e. one group spanning the whole filter.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,20 @@ def as_int8_layer(layer: PackedLayer) -> PackedLayer:
         scales=layer.scale_of_scales.reshape(-1, 1).copy(), scale_dtype="fp32", scale_of_scales=None,
         bias=layer.bias, activation=layer.activation,
     )
+
+
+def with_quad_channels(layer: PackedLayer) -> PackedLayer:
+    """An int8 conv whose input channels are not a multiple of 4 (an RGB stem) with zero-weight input
+    channels added up to one, so that the tiled kernels read each kernel position in whole quads;
+    its input gets as many zero channels (the sums do not change). Other layers as they are."""
+    channels = layer.in_channels
+    if layer.weight_format != "int8" or layer.kind != "conv" or channels % 4 == 0:
+        return layer
+    wider = -(-channels // 4) * 4
+    weights = np.zeros((layer.out_channels, layer.kernel_positions, wider), dtype=np.int8)
+    weights[:, :, :channels] = layer.weights.reshape(layer.out_channels, layer.kernel_positions, channels)
+    return dataclasses.replace(layer, weight_shape=(layer.out_channels, wider, *layer.kernel_size),
+                               weights=weights.reshape(layer.out_channels, -1))
 
 
 def to_reduction_order(array: np.ndarray) -> np.ndarray:

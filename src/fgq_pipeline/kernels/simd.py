@@ -257,6 +257,81 @@ def int_add_scaled(typingctx, acc, sums, scales, index):
 
 
 @intrinsic
+def affine(typingctx, acc, multiplier, bias, bias_index):
+    """acc * multiplier + bias[bias_index:bias_index + 16], each operation rounded (no FMA)."""
+    if multiplier != types.float32 or not _flat(bias, types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, multiplier, bias, bias_index = args
+        shift = builder.load(_element_pointer(context, builder, sig.args[2], bias, bias_index, _FLOAT_VECTOR), align=4)
+        return builder.fadd(builder.fmul(acc, _splat(builder, multiplier, _FLOAT_VECTOR)), shift)
+
+    return float_vector(float_vector, multiplier, bias, bias_index), codegen
+
+
+@intrinsic
+def add_loaded(typingctx, acc, array, index):
+    """acc + array[index:index + 16] (fp32): a residual add in registers."""
+    if not _flat(array, types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, array, index = args
+        return builder.fadd(acc, builder.load(_element_pointer(context, builder, sig.args[1], array, index,
+                                                               _FLOAT_VECTOR), align=4))
+
+    return float_vector(float_vector, array, index), codegen
+
+
+@intrinsic
+def relu_lanes(typingctx, acc):
+    """0 where a lane is below 0, else the lane: ``np.maximum(x, 0)`` (-0.0 and NaN pass unchanged)."""
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_FLOAT_VECTOR, None)
+        return builder.select(builder.fcmp_ordered("<", args[0], zero), zero, args[0])
+
+    return float_vector(float_vector), codegen
+
+
+@intrinsic
+def store_floats(typingctx, out, index, acc):
+    """out[index:index + 16] = acc."""
+    if not _flat(out, types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        out, index, acc = args
+        builder.store(acc, _element_pointer(context, builder, sig.args[0], out, index, _FLOAT_VECTOR), align=4)
+        return context.get_dummy_value()
+
+    return types.none(out, index, float_vector), codegen
+
+
+@intrinsic
+def store_quantized(typingctx, out, index, acc, scale, qmax):
+    """out[index:index + 16] = uint8(min(max(rint(acc / scale), 0), qmax)): the 16 outputs as the next
+    layer's unsigned integer input, with ``_quantize_kernel``'s operations (fp32 division, round half
+    to even, saturation)."""
+    if scale != types.float32 or qmax != types.float32 or not _flat(out, types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        out, index, acc, scale, qmax = args
+        roundeven = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_FLOAT_VECTOR, [_FLOAT_VECTOR]),
+                                                   "llvm.roundeven.v16f32")
+        steps = builder.call(roundeven, [builder.fdiv(acc, _splat(builder, scale, _FLOAT_VECTOR))])
+        zero, top = ir.Constant(_FLOAT_VECTOR, None), _splat(builder, qmax, _FLOAT_VECTOR)
+        steps = builder.select(builder.fcmp_ordered("<", steps, zero), zero, steps)
+        steps = builder.select(builder.fcmp_ordered(">", steps, top), top, steps)
+        stored = builder.trunc(builder.fptoui(steps, _INT_VECTOR), _CODE_BYTES)
+        builder.store(stored, _element_pointer(context, builder, sig.args[0], out, index, _CODE_BYTES), align=1)
+        return context.get_dummy_value()
+
+    return types.none(out, index, float_vector, scale, qmax), codegen
+
+
+@intrinsic
 def store_affine(typingctx, out, index, acc, multiplier, bias, bias_index):
     """out[index:index + 16] = acc * multiplier + bias[bias_index:bias_index + 16]."""
     if multiplier != types.float32 or not _flat(out, types.float32) or not _flat(bias, types.float32):

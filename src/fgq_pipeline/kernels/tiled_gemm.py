@@ -32,11 +32,14 @@ an int8 filter length that is not) keep the general kernels of :mod:`.ternary_ge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
 
+from .activations import ActivationFormat
 from .codes import CODES_PER_BYTE, unpack_codes
+from .im2col import conv_output_size
 from .operands import check_activations
 from .packed import PackedLayer, as_int8_layer
 from .packed_checks import ACCUMULATOR_MAX
@@ -44,7 +47,9 @@ from .simd import (
     BYTES,
     HAS_F16C,
     LANES,
+    add_loaded,
     add_scaled,
+    affine,
     broadcast_quad,
     decode_codes,
     dot4,
@@ -53,7 +58,10 @@ from .simd import (
     int_sub,
     int_zeros,
     load_bytes,
+    relu_lanes,
     store_affine,
+    store_floats,
+    store_quantized,
 )
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
@@ -67,37 +75,54 @@ SIGNED_OFFSET = 128  # int8 activations x are fed as the unsigned bytes x + 128
 
 
 @njit(cache=True, parallel=True)
-def _batched_kernel(x, weights, scales, offsets, group_ends, signed, bias, act_scale, out):
-    rows, length = x.shape
+def _batched_kernel(x_flat, row_starts, position_shifts, position_quads, weights, scales, offsets, group_ends, signed,
+                    bias, act_scale, residual, relu, keep_floats, integers, integer_starts, next_scale, next_max, out):
+    """Row m's reduction position j (quad q = j / 4, kernel position p = q / ``position_quads``) is
+    ``x_flat[row_starts[m] + position_shifts[p] + j]``: a matrix's rows (one position), or a padded
+    NHWC image read in place by a convolution (implicit GEMM: no im2col columns are written).
+    ``residual`` (fp32, flat, laid out like ``out``; or None) is added to the outputs and ``relu``
+    applied as they are stored: the graph's add and ReLU after the layer, without another pass.
+    ``integers`` (uint8, flat; or None): the outputs also stored as the next layer's unsigned input,
+    row m's at ``integer_starts[m]``, rounded to steps of ``next_scale`` up to ``next_max``; the fp32
+    outputs only if ``keep_floats``."""
+    rows = row_starts.shape[0]
     tiles = weights.shape[0]
     width = out.shape[1]
     chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
-    x_flat, out_flat = x.ravel(), out.ravel()
+    out_flat = out.ravel()
     for task in prange(chunks * tiles):
         chunk, tile = task // tiles, task % tiles
         w, s, c = weights[tile].ravel(), scales[tile].ravel(), offsets[tile].ravel()
         for r in range(chunk * ROW_CHUNK, min((chunk + 1) * ROW_CHUNK, rows), ROW_BLOCK):
             # rows past the end repeat the last row; their results are not stored
-            x0, x1 = min(r, rows - 1) * length, min(r + 1, rows - 1) * length
-            x2, x3 = min(r + 2, rows - 1) * length, min(r + 3, rows - 1) * length
-            x4, x5 = min(r + 4, rows - 1) * length, min(r + 5, rows - 1) * length
-            x6, x7 = min(r + 6, rows - 1) * length, min(r + 7, rows - 1) * length
+            x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
+            x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
+            x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
+            x6, x7 = row_starts[min(r + 6, rows - 1)], row_starts[min(r + 7, rows - 1)]
             f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
             f4, f5, f6, f7 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
             start = 0
             for g in range(group_ends.shape[0]):
                 a0, a1, a2, a3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
                 a4, a5, a6, a7 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                for q in range(start, group_ends[g]):
-                    wq, j = load_bytes(w, q * BYTES), q * QUAD
-                    a0 = dot4(a0, broadcast_quad(x_flat, x0 + j), wq)
-                    a1 = dot4(a1, broadcast_quad(x_flat, x1 + j), wq)
-                    a2 = dot4(a2, broadcast_quad(x_flat, x2 + j), wq)
-                    a3 = dot4(a3, broadcast_quad(x_flat, x3 + j), wq)
-                    a4 = dot4(a4, broadcast_quad(x_flat, x4 + j), wq)
-                    a5 = dot4(a5, broadcast_quad(x_flat, x5 + j), wq)
-                    a6 = dot4(a6, broadcast_quad(x_flat, x6 + j), wq)
-                    a7 = dot4(a7, broadcast_quad(x_flat, x7 + j), wq)
+                segment, end = start, group_ends[g]
+                while segment < end:  # the group's quads, one kernel position at a time
+                    position = segment // position_quads
+                    stop = min(end, (position + 1) * position_quads)
+                    shift = position_shifts[position]
+                    y0, y1, y2, y3 = x0 + shift, x1 + shift, x2 + shift, x3 + shift
+                    y4, y5, y6, y7 = x4 + shift, x5 + shift, x6 + shift, x7 + shift
+                    for q in range(segment, stop):
+                        wq, j = load_bytes(w, q * BYTES), q * QUAD
+                        a0 = dot4(a0, broadcast_quad(x_flat, y0 + j), wq)
+                        a1 = dot4(a1, broadcast_quad(x_flat, y1 + j), wq)
+                        a2 = dot4(a2, broadcast_quad(x_flat, y2 + j), wq)
+                        a3 = dot4(a3, broadcast_quad(x_flat, y3 + j), wq)
+                        a4 = dot4(a4, broadcast_quad(x_flat, y4 + j), wq)
+                        a5 = dot4(a5, broadcast_quad(x_flat, y5 + j), wq)
+                        a6 = dot4(a6, broadcast_quad(x_flat, y6 + j), wq)
+                        a7 = dot4(a7, broadcast_quad(x_flat, y7 + j), wq)
+                    segment = stop
                 gs = g * TILE
                 if signed:
                     a0, a1, a2, a3 = int_sub(a0, c, gs), int_sub(a1, c, gs), int_sub(a2, c, gs), int_sub(a3, c, gs)
@@ -110,7 +135,15 @@ def _batched_kernel(x, weights, scales, offsets, group_ends, signed, bias, act_s
             column = tile * TILE
             for i, f in enumerate((f0, f1, f2, f3, f4, f5, f6, f7)):
                 if r + i < rows:
-                    store_affine(out_flat, (r + i) * width + column, f, act_scale, bias, column)
+                    y, at = affine(f, act_scale, bias, column), (r + i) * width + column
+                    if residual is not None:  # the graph's add, then its ReLU, in registers
+                        y = add_loaded(y, residual, at)
+                    if relu:
+                        y = relu_lanes(y)
+                    if keep_floats:
+                        store_floats(out_flat, at, y)
+                    if integers is not None:
+                        store_quantized(integers, integer_starts[r + i] + column, y, next_scale, next_max)
 
 
 @njit(cache=True, parallel=True)
@@ -198,6 +231,7 @@ class TiledLayer:
     bias: np.ndarray
     gemv: GemvOperands | None
     out_channels: int
+    in_channels: int
 
     @staticmethod
     def supports(layer: PackedLayer) -> bool:
@@ -232,6 +266,7 @@ class TiledLayer:
             bias=bias,
             gemv=gemv,
             out_channels=outputs,
+            in_channels=layer.in_channels,
         )
 
     def gemm(self, x: np.ndarray, act_scale: float) -> np.ndarray:
@@ -249,9 +284,104 @@ class TiledLayer:
             _gemv_kernel(x, gemv.codes, gemv.scales, gemv.multipliers, gemv.offsets, gemv.group_ends, signed,
                          self.bias, np.float32(act_scale), out)
         else:
-            _batched_kernel(x, self.weights, self.scales, self.offsets, self.group_ends, signed, self.bias,
-                            np.float32(act_scale), out)
+            row_starts = np.arange(x.shape[0], dtype=np.int64) * x.shape[1]
+            _batched_kernel(x.ravel(), row_starts, np.zeros(1, dtype=np.int64), quads, self.weights, self.scales,
+                            self.offsets, self.group_ends, signed, self.bias, np.float32(act_scale), None, False, True,
+                            None, row_starts, np.float32(1), np.float32(0), out)
+        return self._outputs(out)
+
+    def conv(self, padded: np.ndarray, kernel_size: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int], act_scale: float, residual: np.ndarray | None = None,
+             relu: bool = False) -> np.ndarray:
+        """fp32 NHWC outputs [B, OH, OW, K] of the convolution of integer NHWC activations, already
+        zero-padded (:meth:`.ActivationFormat.quantize` with ``padding``), read in place: the ``gemm``
+        of the im2col columns, bit for bit, without writing them. Input channels in whole quads.
+        ``residual`` (fp32 [B, OH, OW, K]) is added to the outputs, then ``relu`` applied."""
+        floats, _ = self._conv(padded, kernel_size, stride, dilation, act_scale, residual, relu)
+        return floats
+
+    def conv_requantized(self, padded: np.ndarray, kernel_size: tuple[int, int], stride: tuple[int, int],
+                         dilation: tuple[int, int], act_scale: float, residual: np.ndarray | None, relu: bool,
+                         next_input: ActivationFormat, next_padding: tuple[int, int],
+                         keep_floats: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """:meth:`conv`, its outputs also stored as the next layers' integer input (unsigned
+        ``next_input``, zero-padded by ``next_padding``: what ``next_input.quantize`` would give),
+        the fp32 outputs only if ``keep_floats`` (else None). Needs K in whole tiles of 16."""
+        if next_input.signed or self.out_channels % TILE:
+            raise ValueError(f"requantized outputs need an unsigned next input and whole tiles of {TILE} outputs, "
+                             f"got signed={next_input.signed}, {self.out_channels} outputs")
+        return self._conv(padded, kernel_size, stride, dilation, act_scale, residual, relu,
+                          (next_input, next_padding, keep_floats))
+
+    def _conv(self, padded, kernel_size, stride, dilation, act_scale, residual, relu, requantize=None):
+        batch, channels = padded.shape[0], padded.shape[3]
+        if channels % QUAD or kernel_size[0] * kernel_size[1] * channels != self.weights.shape[1] * QUAD:
+            raise ValueError(f"a {kernel_size[0]}x{kernel_size[1]} convolution over {channels} channels does not "
+                             f"match the layer's {self.weights.shape[1] * QUAD} reduction positions in whole quads")
+        (out_h, out_w), row_starts, shifts = _conv_addressing(padded.shape, kernel_size, stride, dilation)
+        signed = padded.dtype == np.int8
+        x = padded.view(np.uint8) ^ np.uint8(SIGNED_OFFSET) if signed else padded
+        out = np.empty((row_starts.shape[0], self.weights.shape[0] * TILE), dtype=np.float32)
+        if residual is not None:
+            if residual.shape != (batch, out_h, out_w, self.out_channels) or residual.dtype != np.float32:
+                raise ValueError(f"the residual must be fp32 {(batch, out_h, out_w, self.out_channels)}, got "
+                                 f"{residual.dtype} {residual.shape}")
+            residual = _padded_columns(residual.reshape(-1, self.out_channels), out.shape[1]).ravel()
+        keep_floats, integers, starts, next_scale, next_max = True, None, row_starts, np.float32(1), np.float32(0)
+        if requantize is not None:
+            next_input, (pad_h, pad_w), keep_floats = requantize
+            integers = np.zeros((batch, out_h + 2 * pad_h, out_w + 2 * pad_w, self.out_channels), dtype=np.uint8)
+            starts = _padded_pixel_starts(integers.shape, pad_h, pad_w)
+            next_scale, next_max = np.float32(next_input.scale), np.float32(next_input.integer_range[1])
+        _batched_kernel(x.ravel(), row_starts, shifts, channels // QUAD, self.weights, self.scales, self.offsets,
+                        self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
+                        None if integers is None else integers.ravel(), starts, next_scale, next_max, out)
+        floats = self._outputs(out).reshape(batch, out_h, out_w, self.out_channels) if keep_floats else None
+        return floats, integers
+
+    def _outputs(self, out: np.ndarray) -> np.ndarray:
+        """Without the padding outputs past K."""
         return out if out.shape[1] == self.out_channels else np.ascontiguousarray(out[:, :self.out_channels])
+
+
+def _padded_columns(matrix: np.ndarray, width: int) -> np.ndarray:
+    """``matrix`` [M, K] as a C-contiguous [M, width], zero columns past K (none to add: no copy)."""
+    if matrix.shape[1] == width:
+        return np.ascontiguousarray(matrix)
+    padded = np.zeros((matrix.shape[0], width), dtype=matrix.dtype)
+    padded[:, :matrix.shape[1]] = matrix
+    return padded
+
+
+@lru_cache(maxsize=256)
+def _padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int) -> np.ndarray:
+    """Each output pixel's first byte in the zero-padded NHWC buffer ``shape`` of the next layer's input."""
+    batch, height, width, channels = shape
+    rows = np.arange(batch)[:, None, None] * height + np.arange(pad_h, height - pad_h)[None, :, None]
+    starts = ((rows * width + np.arange(pad_w, width - pad_w)[None, None, :]) * channels).ravel().astype(np.int64)
+    starts.flags.writeable = False
+    return starts
+
+
+@lru_cache(maxsize=256)
+def _conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
+                     dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """Output size, each output pixel's first input byte and each kernel position's shift (minus its
+    start in the reduction order) in a padded NHWC input: computed once per shape, not per call."""
+    batch, height, width, channels = shape
+    (rows, cols), (stride_h, stride_w), (dil_h, dil_w) = kernel_size, stride, dilation
+    out_h = conv_output_size(height, rows, stride_h, 0, dil_h)
+    out_w = conv_output_size(width, cols, stride_w, 0, dil_w)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {rows}x{cols} kernel with dilation {dilation} does not fit a padded {height}x{width} "
+                         f"input")
+    pixels = (np.arange(batch)[:, None, None] * height + np.arange(out_h)[None, :, None] * stride_h) * width \
+        + np.arange(out_w)[None, None, :] * stride_w
+    positions = np.arange(rows)[:, None] * dil_h * width + np.arange(cols)[None, :] * dil_w
+    shifts = ((positions.ravel() - np.arange(rows * cols)) * channels).astype(np.int64)
+    row_starts = (pixels.ravel() * channels).astype(np.int64)
+    row_starts.flags.writeable = shifts.flags.writeable = False  # shared by every call with this shape
+    return (out_h, out_w), row_starts, shifts
 
 
 def _ternary_quads(layer: PackedLayer) -> bool:
