@@ -6,7 +6,7 @@ rate in weight multiply-accumulates per second is printed beside this core's ``v
 
 To compare two versions of the integer path, run it once per checkout, alternating, e.g.
   PYTHONPATH=<older checkout>/src python benchmarks/resnet20_dataflow.py --batch 64 --group-size 64
-Run: OMP_NUM_THREADS=1 python benchmarks/resnet20_dataflow.py [--batch 1 --group-size 64 --rounds 200]
+Run: OMP_NUM_THREADS=1 python benchmarks/resnet20_dataflow.py [--batch 1 --group-size 64 --scales fp32 --rounds 200]
 """
 
 import argparse
@@ -61,10 +61,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--scales", default="fp32", choices=["fp32", "fp16", "int8"], help="stored scale dtype")
     args = parser.parse_args()
     numba.set_num_threads(1)
     torch.set_num_threads(1)
-    workload = network_workload(20, args.batch, args.group_size, CHECKPOINT)
+    workload = network_workload(20, args.batch, args.group_size, CHECKPOINT, scale_dtype=args.scales)
     for set_threads in workload.on_threads:
         set_threads(1)
     calls = {label: workload.candidates[name] for label, name in CANDIDATES.items() if name in workload.candidates}
@@ -79,7 +80,8 @@ def main() -> None:
             times[label].append(time.perf_counter() - start)
     medians = {label: statistics.median(values) * 1e3 for label, values in times.items()}
     peak = dot4_peak_macs_per_second()
-    print(f"ResNet-20, batch {args.batch}, N={args.group_size}, medians of {args.rounds} interleaved rounds:")
+    print(f"ResNet-20, batch {args.batch}, N={args.group_size}, {args.scales} scales, medians of {args.rounds} "
+          f"interleaved rounds:")
     for label, median in medians.items():
         rate = workload.weight_macs / (median / 1e3) / 1e9
         print(f"  {label:18s} {median:8.3f} ms   numba is {median / medians['numba']:.2f}x its speed   "

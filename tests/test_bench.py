@@ -49,6 +49,7 @@ GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
     ({"torchvision_networks": ({"arch": "resnet18", "size": 0},)},
      r"bench.torchvision_networks\[0\].size must be an integer >= 1, got 0"),
     ({"gemv_scale_dtypes": ("bf16",)}, r"bench.gemv_scale_dtypes takes \['fp16', 'int8'\] \(fp32 always runs\), got 'bf16'"),
+    ({"batched_scale_dtypes": ("fp32",)}, r"bench.batched_scale_dtypes takes \['fp16', 'int8'\] .*got 'fp32'"),
 ])
 def test_bad_settings_are_refused_naming_the_value(change, message):
     with pytest.raises(ValueError, match=message):

@@ -91,7 +91,7 @@ def speedup_frame(rows: list[dict]) -> pd.DataFrame:
 
 def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
     """Each target per group size and scale precision at ``threads``: the worst ratio over the
-    workloads it covers (narrower scales are timed for batch-1 linear layers only)."""
+    workloads it covers (narrower scales: batch-1 linear layers, conv layers and the CIFAR network)."""
     results = []
     for target in TARGETS:
         column = SPEEDUP_COLUMNS[target.baseline]

@@ -50,6 +50,7 @@ class BenchSettings:
     max_background_cpus: float
     require_idle: bool
     gemv_scale_dtypes: tuple[str, ...] = ()  # batch-1 linear workloads repeated with these stored scales
+    batched_scale_dtypes: tuple[str, ...] = ()  # conv and whole-network workloads repeated with these, every batch
     torchvision_networks: tuple[Mapping, ...] = ()  # {arch, size}: batch 1, the lowest thread count only
 
     def __post_init__(self) -> None:
@@ -79,10 +80,12 @@ class BenchSettings:
             _positive_int(f"bench.torchvision_networks[{index}].size", network["size"])
         if self.max_background_cpus < 0:
             raise ValueError(f"bench.max_background_cpus must be >= 0, got {self.max_background_cpus!r}")
-        for scale_dtype in self.gemv_scale_dtypes:
-            if scale_dtype not in NARROW_SCALE_DTYPES:
-                raise ValueError(f"bench.gemv_scale_dtypes takes {list(NARROW_SCALE_DTYPES)} (fp32 always runs), "
-                                 f"got {scale_dtype!r}")
+        for name, dtypes in (("gemv_scale_dtypes", self.gemv_scale_dtypes),
+                             ("batched_scale_dtypes", self.batched_scale_dtypes)):
+            for scale_dtype in dtypes:
+                if scale_dtype not in NARROW_SCALE_DTYPES:
+                    raise ValueError(f"bench.{name} takes {list(NARROW_SCALE_DTYPES)} (fp32 always runs), "
+                                     f"got {scale_dtype!r}")
 
 
 def _positive_int(what: str, value: object, allow_zero: bool = False) -> None:
@@ -131,11 +134,13 @@ def workloads(settings: BenchSettings) -> Iterator[Callable[[], Workload]]:
                     for scale_dtype in settings.gemv_scale_dtypes:
                         yield lambda s=shape, g=group_size, d=scale_dtype: linear_workload(
                             **s, batch=1, group_size=g, scale_dtype=d)
-            for shape in settings.conv:
-                yield lambda s=shape, b=batch, g=group_size: conv_workload(**s, batch=b, group_size=g)
-            if settings.network_depth is not None:
-                yield lambda b=batch, g=group_size: network_workload(
-                    settings.network_depth, b, g, settings.network_checkpoint)
+            for scale_dtype in (DEFAULT_SCALES, *settings.batched_scale_dtypes):
+                for shape in settings.conv:
+                    yield lambda s=shape, b=batch, g=group_size, d=scale_dtype: conv_workload(
+                        **s, batch=b, group_size=g, scale_dtype=d)
+                if settings.network_depth is not None:
+                    yield lambda b=batch, g=group_size, d=scale_dtype: network_workload(
+                        settings.network_depth, b, g, settings.network_checkpoint, scale_dtype=d)
         for network in settings.torchvision_networks:
             yield lambda n=network, g=group_size: torchvision_workload(**n, group_size=g)
 

@@ -100,18 +100,19 @@ def linear_workload(name: str, in_features: int, out_features: int, batch: int, 
 
 
 def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, stride: int, padding: int,
-                  size: int, batch: int, group_size: int, seed: int = 0) -> Workload:
+                  size: int, batch: int, group_size: int, seed: int = 0, scale_dtype: str = DEFAULT_SCALES) -> Workload:
     generator = torch.Generator().manual_seed(seed)
     conv = _he_init(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding), generator)
     x = torch.relu(torch.randn(batch, in_channels, size, size, generator=generator))
-    packed = _pack(name, QuantConv2d.from_float(conv, WeightFormat("ternary", group_size), ActQuantizer(8)), x)
+    packed = _pack(name, QuantConv2d.from_float(conv, WeightFormat("ternary", group_size), ActQuantizer(8)), x,
+                   scale_dtype)
     x_nhwc = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
     shape = f"{in_channels}->{out_channels} {kernel}x{kernel}/{stride} @{size}x{size}"
     potential = paper_speedup(min(group_size, in_channels))
     workload = Workload(name, "conv", shape, batch, group_size, potential, {
         NUMBA: lambda: packed.run_layer(packed.layers[name], x_nhwc),
         FP32: lambda: conv(x),
-    }, weight_macs=batch * count_ops(conv, (in_channels, size, size)).macs)
+    }, scales=scale_dtype, weight_macs=batch * count_ops(conv, (in_channels, size, size)).macs)
     try:
         workload.candidates[INT8] = _int8_conv(conv, x)
     except (RuntimeError, AssertionError) as error:
@@ -120,8 +121,8 @@ def conv_workload(name: str, in_channels: int, out_channels: int, kernel: int, s
 
 
 def network_workload(depth: int, batch: int, group_size: int, checkpoint: str | Path | None,
-                     seed: int = 0) -> Workload:
-    """A whole CIFAR ResNet, from the checkpoint when it exists."""
+                     seed: int = 0, scale_dtype: str = DEFAULT_SCALES) -> Workload:
+    """A whole CIFAR ResNet, from the checkpoint when it exists, its scales stored as ``scale_dtype``."""
     torch.manual_seed(seed)
     fp32 = CifarResNet(depth).eval()
     weights = "random"
@@ -129,7 +130,7 @@ def network_workload(depth: int, batch: int, group_size: int, checkpoint: str | 
         load_weights(fp32, checkpoint)
         weights = Path(checkpoint).name
     return _whole_network(f"cifar_resnet{depth}", "network", fp32, f"{weights}, 3x32x32 images", CIFAR_IMAGE, batch,
-                          group_size, CIFAR_CALIBRATION, seed)
+                          group_size, CIFAR_CALIBRATION, seed, scale_dtype)
 
 
 def torchvision_workload(arch: str, size: int, group_size: int, seed: int = 0) -> Workload:
@@ -142,7 +143,8 @@ def torchvision_workload(arch: str, size: int, group_size: int, seed: int = 0) -
 
 
 def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tuple[int, int, int], batch: int,
-                   group_size: int, calibration_sizes: tuple[int, ...], seed: int) -> Workload:
+                   group_size: int, calibration_sizes: tuple[int, ...], seed: int,
+                   scale_dtype: str = DEFAULT_SCALES) -> Workload:
     """``fp32`` four ways: FGQ at ``group_size`` with 8-bit activations (first/last layers 8-bit),
     calibrated on generated images and exported to a packed file that IntegerNet runs; the float
     network; torch's FX and ONNX Runtime's static int8 quantization calibrated on the same images."""
@@ -152,14 +154,14 @@ def _whole_network(name: str, kind: str, fp32: nn.Module, shape: str, image: tup
     config = QuantConfig(group_size=group_size, act_bits=8, act_calibration="max")
     quantized = quantize_model(copy.deepcopy(fp32), config)
     calibrate_activations(quantized, [(images, None) for images in calibration])
-    net = IntegerNet(_in_memory(quantized))
+    net = IntegerNet(_in_memory(quantized, scale_dtype))
     images = torch.randn(batch, *image, generator=generator)
     images_numpy = images.numpy()
     ops = count_ops(quantized, image)
     workload = Workload(name, kind, shape, batch, group_size, ops.potential_speedup, {
         NUMBA: lambda: net(images_numpy),
         FP32: lambda: fp32(images),
-    }, weight_macs=batch * ops.macs)
+    }, scales=scale_dtype, weight_macs=batch * ops.macs)
     try:
         int8 = _int8_network(fp32, calibration)
         workload.candidates[INT8] = lambda: int8(images)
@@ -205,10 +207,10 @@ def _pack(name: str, layer: nn.Module, x: torch.Tensor, scale_dtype: str = DEFAU
     return IntegerNet(PackedModel({packed.name: packed}, graph))
 
 
-def _in_memory(model: nn.Module) -> PackedModel:
+def _in_memory(model: nn.Module, scale_dtype: str = DEFAULT_SCALES) -> PackedModel:
     """The packed model exactly as a file round trip gives it (the loader validates every layer)."""
     with tempfile.TemporaryDirectory() as directory:
-        return load_packed(export_packed(model, Path(directory) / "model.safetensors"))
+        return load_packed(export_packed(model, Path(directory) / "model.safetensors", scale_dtype))
 
 
 def _int8_conv(conv: nn.Conv2d, x: torch.Tensor) -> Callable[[], torch.Tensor]:

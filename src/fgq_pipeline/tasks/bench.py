@@ -24,6 +24,7 @@ def bench_settings(cfg: DictConfig) -> BenchSettings:
         network_depth=network.get("depth"), network_checkpoint=resolve_path(checkpoint) if checkpoint else None,
         max_background_cpus=float(bench["max_background_cpus"]), require_idle=bool(bench["require_idle"]),
         gemv_scale_dtypes=tuple(bench.get("gemv_scale_dtypes") or ()),
+        batched_scale_dtypes=tuple(bench.get("batched_scale_dtypes") or ()),
         torchvision_networks=tuple(bench["torchvision_networks"] or ()),
     )
 
