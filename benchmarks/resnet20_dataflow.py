@@ -19,7 +19,14 @@ import torch
 from numba import njit
 
 from fgq_pipeline.bench.workloads import network_workload
-from fgq_pipeline.kernels.simd import HAS_VNNI, add_scaled, dot4, float_zeros, load_bytes, store_affine
+from fgq_pipeline.kernels.simd import (
+    HAS_VNNI,
+    add_scaled,
+    dot4,
+    float_zeros,
+    load_bytes,
+    store_affine,
+)
 
 CHECKPOINT = "../shared/models/cifar10/resnet20-12fca82f.th"  # random weights where it is absent
 CANDIDATES = {"numba": "numba_ternary", "onnxruntime int8": "onnxruntime_int8", "torch int8": "torch_int8"}

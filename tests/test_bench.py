@@ -172,6 +172,22 @@ def test_targets_compare_the_worst_ratio_with_the_requirement(numba_ms, met):
     assert targets["network_b64_vs_ort_int8"]["worst_case"] == "net batch 64"
 
 
+def test_conv_target_judges_3x3_convs_at_batch_64_with_a_lower_bar_for_n4_fp32_scales():
+    cells = [(4, "fp32", "64->64 3x3/1 @56x56", 2.2), (4, "int8", "64->64 3x3/1 @56x56", 2.2),
+             (64, "fp32", "64->64 3x3/1 @56x56", 1.9), (64, "fp32", "1024->256 1x1/1 @14x14", 9.0)]
+    rows = []
+    for group_size, scales, shape, numba_ms in cells:
+        for candidate, ms in ((NUMBA, numba_ms), (FP32, 10.0), (INT8, 2.0), (ORT, 4.0)):
+            rows.append({**_rows(1.0)[0], "workload": f"conv {shape}", "kind": "conv", "shape": shape, "batch": 64,
+                         "group_size": group_size, "scales": scales, "candidate": candidate, "median_ms": ms,
+                         "min_ms": ms, "max_ms": ms})
+    judged = {(t["group_size"], t["scales"]): t for t in evaluate_targets(speedup_frame(rows), threads=1)
+              if t["key"] == "conv3x3_b64_vs_int8"}
+    assert {key: (t["required"], t["met"]) for key, t in judged.items()} == {
+        (4, "fp32"): (0.8, True), (4, "int8"): (1.0, False), (64, "fp32"): (1.0, True)}  # the 1x1 conv is left out
+    assert judged[(4, "fp32")]["measured"] == pytest.approx(2.0 / 2.2)
+
+
 def test_resnet50_target_judges_torchvision_resnet50_alone():
     rows = [{**row, "kind": TORCHVISION, "workload": f"torchvision_{arch}",
              "median_ms": row["median_ms"] if row["candidate"] != NUMBA else numba_ms}

@@ -38,6 +38,11 @@ class Target:
     baseline: str
     minimum: float
     workload: str | None = None  # the one workload it judges; None: every workload of its kinds
+    shape: str | None = None  # only workloads whose shape contains this (e.g. "3x3")
+    relaxed: tuple[tuple[int, str, float], ...] = ()  # (N, scales, minimum): where a lower bar applies
+
+    def minimum_for(self, group_size: int, scales: str) -> float:
+        return next((bar for n, dtype, bar in self.relaxed if (n, dtype) == (group_size, scales)), self.minimum)
 
 
 TARGETS = (
@@ -51,6 +56,9 @@ TARGETS = (
            1.0),
     Target("network_b64_vs_ort_int8", "whole CIFAR ResNet, batch 64, vs ONNX Runtime int8", ("network",), "64", ORT,
            1.0),
+    # fp32 scales at N=4 add a convert, a multiply and an add per group of 4 weights and row: a lower bar
+    Target("conv3x3_b64_vs_int8", "3x3 convs, batch 64, vs torch int8", ("conv",), "64", INT8, 1.0, shape="3x3",
+           relaxed=((4, "fp32", 0.8),)),
 )
 
 
@@ -99,15 +107,17 @@ def evaluate_targets(cells: pd.DataFrame, threads: int) -> list[dict]:
         chosen = chosen[chosen["batch"] > 1] if target.batch == ">1" else chosen[chosen["batch"] == int(target.batch)]
         if target.workload is not None:
             chosen = chosen[chosen["workload"] == target.workload]
+        if target.shape is not None:
+            chosen = chosen[chosen["shape"].str.contains(target.shape, regex=False)]
         for (group_size, scales), rows in chosen.groupby(["group_size", "scales"], sort=False):
             rows = rows.dropna(subset=[column])
             if rows.empty:
                 continue
-            worst = rows.loc[rows[column].idxmin()]
+            worst, minimum = rows.loc[rows[column].idxmin()], target.minimum_for(int(group_size), scales)
             results.append({"key": target.key, "target": target.label, "group_size": int(group_size), "scales": scales,
-                            "threads": threads, "required": target.minimum, "measured": float(worst[column]),
+                            "threads": threads, "required": minimum, "measured": float(worst[column]),
                             "worst_case": f"{worst['workload']} batch {int(worst['batch'])}",
-                            "met": bool(worst[column] >= target.minimum)})
+                            "met": bool(worst[column] >= minimum)})
     return sorted(results, key=lambda result: result["scales"] != DEFAULT_SCALES)  # fp32 scales first
 
 
