@@ -124,6 +124,20 @@ def test_holdout_split_is_training_images_that_calibration_with_the_same_seed_ne
             datamodule.holdout_dataloader(bad, seed=0)
 
 
+def test_held_out_images_leave_training_and_become_the_validation_split(digits_root):
+    datamodule = DigitsDataModule(root=digits_root, eval_batch_size=64)
+    total, held = datamodule.num_train_images, 300
+    assert len(datamodule.train_dataloader().dataset) == total
+    assert len(datamodule.val_dataloader().dataset) == datamodule.num_test_images  # the default: the test images
+    datamodule.hold_out(held, seed=3)
+    expected = datamodule.holdout_dataloader(held, seed=3).dataset.indices
+    trained = datamodule.train_dataloader().dataset.indices
+    assert len(trained) == total - held and not set(trained) & set(expected)
+    validation = datamodule.val_dataloader()
+    assert validation.dataset.indices == expected
+    assert torch.equal(torch.cat([b[0] for b in validation]), datamodule.train_images[expected])
+
+
 def test_augmentation_shifts_by_at_most_one_pixel_reproducibly(digits_root):
     datamodule = DigitsDataModule(root=digits_root)
     plain = next(iter(datamodule.calibration_dataloader(128, augment=False, seed=0)))[0]

@@ -165,6 +165,27 @@ def test_fine_tuning_runs_under_ddp_on_two_cpu_processes(trained_digits):
     assert run.info.status == "FINISHED" and run.data.params["trainer.strategy"] == "ddp_spawn"
 
 
+@ON_TRAINED_DIGITS
+def test_fine_tune_on_holdout_trains_without_those_images_and_measures_on_them(trained_digits):
+    """For choosing fine-tune settings without the test set: ``evaluate_on=holdout``."""
+    tmp_path, env, common = trained_digits
+    settings = common[:-1] + ["finetune.epochs=1", "holdout_images=200"]
+    results = {}
+    for split in ("test", "holdout"):
+        run_dir = tmp_path / f"finetune-{split}"
+        subprocess.run(cli("fgq-finetune") + settings + [f"hydra.run.dir={run_dir}", f"evaluate_on={split}"], env=env,
+                       check=True, capture_output=True)
+        results[split] = json.loads((run_dir / "metrics.json").read_text())
+    assert results["holdout"]["evaluated_on"] == "holdout" and results["test"]["evaluated_on"] == "test"
+    subset = compose_config(["debug=smoke"]).data.subset_train
+    assert results["holdout"]["extra_training_fraction"] == pytest.approx(
+        results["test"]["extra_training_fraction"] * (subset - 200) / subset)
+    assert results["holdout"]["fp32_top1"] != results["test"]["fp32_top1"]  # other images
+    tags = {r.data.tags["evaluated_on"] for r in runs(tmp_path / "store.db", "fgq-digits")
+            if r.data.tags["stage"] == "fgq-finetune" and "evaluated_on" in r.data.tags}
+    assert tags == {"test", "holdout"}
+
+
 @pytest.mark.slow
 @ON_TRAINED_DIGITS
 def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digits):

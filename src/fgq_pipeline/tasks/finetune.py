@@ -14,7 +14,7 @@ from ..quant import quantize_model
 from ..seeding import seed_everything
 from ..tracking import RunLog
 from ..train import ClassifierModule, evaluate, fit
-from .ptq import PostTrainingQuantizer
+from .ptq import PostTrainingQuantizer, evaluation_loader
 from .ptq_grid import finetune_quant_config
 from .records import result_record
 from .scoring import score
@@ -31,10 +31,14 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     quant = finetune_quant_config(cfg)
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
+    split = cfg.get("evaluate_on", "test")
+    if split == "holdout":  # choosing fine-tune settings: train without the holdout images, validate on them
+        datamodule.hold_out(cfg.holdout_images, cfg.seed)
+    log.set_tags({"evaluated_on": split})
     fp32_model = build_model(cfg)
-    fp32_top1 = evaluate(fp32_model, datamodule.test_dataloader(), datamodule.num_classes)["top1"]
+    fp32_top1 = evaluate(fp32_model, evaluation_loader(cfg, datamodule, split), datamodule.num_classes)["top1"]
     model = PostTrainingQuantizer(cfg, fp32_model, datamodule, log).model(quant)
-    before = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
+    before = score(model, evaluation_loader(cfg, datamodule, split), datamodule.num_classes, quant.scale_dtype)
     settings = cfg.finetune
     module = ClassifierModule(
         model, lr=settings.lr, epochs=settings.epochs, optimizer=settings.optimizer,
@@ -48,7 +52,7 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     save_weights(model, weights_path, metadata={"model": cfg.model.name})
-    after = score(model, datamodule.test_dataloader(), datamodule.num_classes, quant.scale_dtype)
+    after = score(model, evaluation_loader(cfg, datamodule, split), datamodule.num_classes, quant.scale_dtype)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
     return {
         "fp32_top1": fp32_top1,
@@ -56,7 +60,8 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
         "top1": after["top1"],
         "top5": after["top5"],
         "epochs": cfg.finetune.epochs,
-        "extra_training_fraction": cfg.finetune.epochs * datamodule.num_train_images / budget,
+        "extra_training_fraction": cfg.finetune.epochs * len(datamodule.train_dataloader().dataset) / budget,
+        "evaluated_on": split,
     }
 
 
