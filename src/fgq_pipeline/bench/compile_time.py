@@ -9,23 +9,27 @@ import sys
 import tempfile
 
 # The first forward of a small network whose layers take every kernel of the integer path: input
-# quantization, im2col, the tiled batched kernel (conv, 81 rows; int8 fc2) and GEMV kernel (fc1 at batch 1),
-# and for layers without whole quads of weights the general ternary GEMM's batched and row paths (conv0,
-# 3 input channels: one block of 64 rows and 17 left) and the int8 GEMM (fc3, 6 inputs).
+# quantization, im2col, the tiled batched kernel (conv, 81 rows, handing its outputs to conv2 as integers;
+# conv2 with a fused ReLU; int8 fc2) and GEMV kernel (fc1 at batch 1), and for layers without whole quads of
+# weights the general ternary GEMM's batched and row paths (conv0, 3 input channels: one block of 64 rows
+# and 17 left) and the int8 GEMM (fc3, 6 inputs).
 FIRST_CALL_PROBE = """
 import time, numpy as np
 from fgq_pipeline.kernels import ActivationFormat, IntegerNet, PackedModel, pack_int8_layer, pack_ternary_layer
-act, zeros = ActivationFormat(0.1, 8, False), np.zeros(8, np.float32)
+act, zeros, wide = ActivationFormat(0.1, 8, False), np.zeros(8, np.float32), np.zeros(16, np.float32)
 layers = [
     pack_ternary_layer("conv0", np.ones((8, 3, 3, 3), np.int8), np.ones((8, 1, 3, 3), np.float32), 3, zeros, act,
                        (1, 1), (1, 1)),
-    pack_ternary_layer("conv", np.ones((8, 8, 3, 3), np.int8), np.ones((8, 2, 3, 3), np.float32), 4, zeros, act,
+    pack_ternary_layer("conv", np.ones((16, 8, 3, 3), np.int8), np.ones((16, 2, 3, 3), np.float32), 4, wide, act,
                        (1, 1), (1, 1)),
-    pack_ternary_layer("fc1", np.ones((8, 8), np.int8), np.ones((8, 1), np.float32), 8, zeros, act),
+    pack_ternary_layer("conv2", np.ones((16, 16, 3, 3), np.int8), np.ones((16, 4, 3, 3), np.float32), 4, wide, act,
+                       (1, 1), (1, 1)),
+    pack_ternary_layer("fc1", np.ones((8, 16), np.int8), np.ones((8, 2), np.float32), 8, zeros, act),
     pack_int8_layer("fc2", np.ones((6, 8), np.int8), np.ones(6, np.float32), zeros[:6], act),
     pack_int8_layer("fc3", np.ones((4, 6), np.int8), np.ones(4, np.float32), zeros[:4], act),
 ]
-ops = [("conv", "conv0"), ("relu", None), ("conv", "conv"), ("relu", None), ("adaptive_avgpool", None),
+ops = [("conv", "conv0"), ("relu", None), ("conv", "conv"), ("relu", None), ("conv", "conv2"), ("relu", None),
+       ("adaptive_avgpool", None),
        ("flatten", None), ("linear", "fc1"), ("linear", "fc2"), ("linear", "fc3")]
 graph = [{"op": "input", "inputs": [], "output": "v0"}] + [
     {"op": op, "inputs": [f"v{i}"], "output": f"v{i + 1}"} | ({"layer": layer} if layer else {})
