@@ -10,7 +10,8 @@ FINETUNED_WEIGHTS = "finetuned.safetensors"
 
 
 def finetune_job(cfg, log) -> dict:
-    return run_finetune(cfg, log, checkpoint_dir=job_dir() / "checkpoints", weights_path=job_dir() / FINETUNED_WEIGHTS)
+    return run_finetune(cfg, log, checkpoint_dir=job_dir() / "checkpoints", weights_path=job_dir() / FINETUNED_WEIGHTS,
+                        split=cfg.evaluate_on)
 
 
 main = hydra_app("fgq-finetune", "finetune", finetune_job,

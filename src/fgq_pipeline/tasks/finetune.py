@@ -20,18 +20,20 @@ from .records import result_record
 from .scoring import score
 
 
-def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path) -> dict:
+def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path,
+                 split: str = "test") -> dict:
     """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients,
     optionally distilling from the FP32 model it started from (``finetune.distill_weight``).
 
     Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one. The
     fine-tuned weights go to ``weights_path`` (the stage's tracked output, or a CLI job's run directory,
     so that a job never overwrites the pipeline's weights). Lightning's training curves go to ``log``.
+    ``split``: what top-1 is measured on, per epoch and at the end: ``test`` (the stage), or
+    ``holdout`` (a CLI job choosing settings: ``cfg.holdout_images`` training images left out of training).
     """
     quant = finetune_quant_config(cfg)
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
-    split = cfg.get("evaluate_on", "test")
     if split == "holdout":  # choosing fine-tune settings: train without the holdout images, validate on them
         datamodule.hold_out(cfg.holdout_images, cfg.seed)
     log.set_tags({"evaluated_on": split})
