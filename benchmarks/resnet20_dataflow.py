@@ -4,8 +4,6 @@ changes (convs read in place, fused epilogues, integer hand-over between convs).
 rate in weight multiply-accumulates per second is printed beside this core's ``vpdpbusd`` peak
 (12 independent accumulator chains in registers: no loads), the roofline the kernels answer to.
 
-To compare two versions of the integer path, run it once per checkout, alternating, e.g.
-  PYTHONPATH=<older checkout>/src python benchmarks/resnet20_dataflow.py --batch 64 --group-size 64
 Run: OMP_NUM_THREADS=1 python benchmarks/resnet20_dataflow.py [--batch 1 --group-size 64 --scales fp32 --rounds 200]
 """
 
@@ -22,10 +20,11 @@ from fgq_pipeline.bench.workloads import network_workload
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
     add_scaled,
+    affine,
     dot4,
     float_zeros,
     load_bytes,
-    store_affine,
+    store_floats,
 )
 
 CHECKPOINT = "../shared/models/cifar10/resnet20-12fca82f.th"  # random weights where it is absent
@@ -47,7 +46,7 @@ def _dot4_chains(seeds, weights, iterations, scales, bias, out):
     total = float_zeros()
     for chain in (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
         total = add_scaled(total, chain, scales, 0)
-    store_affine(out, 0, total, np.float32(1), bias, 0)
+    store_floats(out, 0, affine(total, np.float32(1), bias, 0))
 
 
 def dot4_peak_macs_per_second(iterations: int = 2_000_000) -> float:

@@ -13,13 +13,14 @@ from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternar
 from fgq_pipeline.kernels.simd import (
     HAS_VNNI,
     add_scaled,
+    affine,
     dot4_generic,
     dot4_vnni,
     float_zeros,
     int_add_scaled,
     int_zeros,
     load_bytes,
-    store_affine,
+    store_floats,
     target_has,
 )
 from fgq_pipeline.kernels.ternary_gemm import BATCH_ROWS, ternary_gemm
@@ -132,8 +133,8 @@ def test_int_add_scaled_adds_each_group_sum_times_its_int8_scale_exactly():
     @njit
     def run(start_bytes, sum_bytes, scales, out):
         acc = int_add_scaled(load_bytes(start_bytes, 0), load_bytes(sum_bytes, 0), scales, 1)
-        store_affine(out, 0, add_scaled(float_zeros(), acc, np.ones(16, np.float32), 0), np.float32(1.0),
-                     np.zeros(16, np.float32), 0)
+        store_floats(out, 0, affine(add_scaled(float_zeros(), acc, np.ones(16, np.float32), 0), np.float32(1.0),
+                                    np.zeros(16, np.float32), 0))
 
     rng = np.random.default_rng(5)
     sums = rng.integers(-2**23, 2**23, 16).astype(np.int32)
@@ -194,7 +195,7 @@ def _dot4_as_floats(dot4):
     @njit
     def run(unsigned_bytes, signed_bytes, ones, zeros, out):
         sums = dot4(int_zeros(), load_bytes(unsigned_bytes, 0), load_bytes(signed_bytes, 0))
-        store_affine(out, 0, add_scaled(float_zeros(), sums, ones, 0), np.float32(1.0), zeros, 0)
+        store_floats(out, 0, affine(add_scaled(float_zeros(), sums, ones, 0), np.float32(1.0), zeros, 0))
     return run
 
 

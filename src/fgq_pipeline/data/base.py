@@ -61,7 +61,7 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self.seed = seed
         self.augment = augment
         self._loaded = False
-        self._held_out: list[int] | None = None  # training images set aside by hold_out()
+        self._held_out: tuple[int, int] | None = None  # hold_out()'s (num_images, seed)
 
     @property
     @abstractmethod
@@ -108,21 +108,21 @@ class ImageDataModule(pl.LightningDataModule, ABC):
         self._ensure_setup()
         dataset = self._training_dataset(self.augment)
         if self._held_out is not None:
-            held_out = set(self._held_out)
+            held_out = set(self.holdout_dataloader(*self._held_out).dataset.indices)
             dataset = Subset(dataset, [i for i in range(self.num_train_images) if i not in held_out])
         return self._loader(dataset, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         if self._held_out is not None:
-            return self._loader(Subset(self._training_dataset(augment=False), self._held_out), self.eval_batch_size,
-                                shuffle=False)
+            return self.holdout_dataloader(*self._held_out)
         return self.test_dataloader()
 
     def hold_out(self, num_images: int, seed: int) -> None:
         """Train without the :meth:`holdout_dataloader` images from now on, and validate on them: a
         training job's settings (a fine-tune's learning rate, its epochs) are then chosen on images it
         neither trained nor calibrated on, not on the test set."""
-        self._held_out = self.holdout_dataloader(num_images, seed).dataset.indices
+        self.holdout_dataloader(num_images, seed)  # a bad number of images fails here, not in training
+        self._held_out = (num_images, seed)
 
     def test_dataloader(self) -> DataLoader:
         self._ensure_setup()

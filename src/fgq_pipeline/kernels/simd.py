@@ -92,6 +92,11 @@ def _element_pointer(context, builder, array_type, array, index, pointee):
     return builder.bitcast(builder.gep(data, [index]), pointee.as_pointer())
 
 
+def _load_floats(context, builder, array_type, array, index):
+    """The 16 fp32 values at ``array[index:]``."""
+    return builder.load(_element_pointer(context, builder, array_type, array, index, _FLOAT_VECTOR), align=4)
+
+
 @intrinsic
 def int_zeros(typingctx):
     return int_vector(), lambda context, builder, sig, args: ir.Constant(_INT_VECTOR, None)
@@ -264,7 +269,7 @@ def affine(typingctx, acc, multiplier, bias, bias_index):
 
     def codegen(context, builder, sig, args):
         acc, multiplier, bias, bias_index = args
-        shift = builder.load(_element_pointer(context, builder, sig.args[2], bias, bias_index, _FLOAT_VECTOR), align=4)
+        shift = _load_floats(context, builder, sig.args[2], bias, bias_index)
         return builder.fadd(builder.fmul(acc, _splat(builder, multiplier, _FLOAT_VECTOR)), shift)
 
     return float_vector(float_vector, multiplier, bias, bias_index), codegen
@@ -278,8 +283,7 @@ def add_loaded(typingctx, acc, array, index):
 
     def codegen(context, builder, sig, args):
         acc, array, index = args
-        return builder.fadd(acc, builder.load(_element_pointer(context, builder, sig.args[1], array, index,
-                                                               _FLOAT_VECTOR), align=4))
+        return builder.fadd(acc, _load_floats(context, builder, sig.args[1], array, index))
 
     return float_vector(float_vector, array, index), codegen
 
@@ -329,20 +333,3 @@ def store_quantized(typingctx, out, index, acc, scale, qmax):
         return context.get_dummy_value()
 
     return types.none(out, index, float_vector, scale, qmax), codegen
-
-
-@intrinsic
-def store_affine(typingctx, out, index, acc, multiplier, bias, bias_index):
-    """out[index:index + 16] = acc * multiplier + bias[bias_index:bias_index + 16]."""
-    if multiplier != types.float32 or not _flat(out, types.float32) or not _flat(bias, types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        out, index, acc, multiplier, bias, bias_index = args
-        shift = builder.load(_element_pointer(context, builder, sig.args[4], bias, bias_index, _FLOAT_VECTOR), align=4)
-        factor = _splat(builder, multiplier, _FLOAT_VECTOR)
-        value = builder.fadd(builder.fmul(acc, factor), shift)
-        builder.store(value, _element_pointer(context, builder, sig.args[0], out, index, _FLOAT_VECTOR), align=4)
-        return context.get_dummy_value()
-
-    return types.none(out, index, float_vector, multiplier, bias, bias_index), codegen

@@ -59,7 +59,6 @@ from .simd import (
     int_zeros,
     load_bytes,
     relu_lanes,
-    store_affine,
     store_floats,
     store_quantized,
 )
@@ -192,7 +191,7 @@ def _gemv_kernel(x, codes, scales, multipliers, offsets, group_ends, signed, bia
             for i, f in enumerate((f0, f1, f2, f3)):
                 tile = task * TILE_GROUP + i
                 if tile < tiles:  # the last group's padding tiles are computed, not stored
-                    store_affine(out_flat, m * width + tile * TILE, f, act_scale, bias, tile * TILE)
+                    store_floats(out_flat, m * width + tile * TILE, affine(f, act_scale, bias, tile * TILE))
 
 
 @dataclass(frozen=True)
@@ -353,14 +352,22 @@ def _padded_columns(matrix: np.ndarray, width: int) -> np.ndarray:
     return padded
 
 
+def _pixel_starts(shape: tuple[int, int, int, int], first: tuple[int, int], step: tuple[int, int],
+                  size: tuple[int, int]) -> np.ndarray:
+    """The first byte, in the NHWC buffer ``shape``, of pixels (b, first_h + i * step_h, first_w +
+    j * step_w) for i < size_h, j < size_w, in (b, i, j) order; read-only (cached by the callers)."""
+    batch, height, width, channels = shape
+    rows = np.arange(batch)[:, None, None] * height + first[0] + np.arange(size[0])[None, :, None] * step[0]
+    starts = ((rows * width + first[1] + np.arange(size[1])[None, None, :] * step[1]) * channels).ravel()
+    starts = starts.astype(np.int64)
+    starts.flags.writeable = False
+    return starts
+
+
 @lru_cache(maxsize=256)
 def _padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int) -> np.ndarray:
     """Each output pixel's first byte in the zero-padded NHWC buffer ``shape`` of the next layer's input."""
-    batch, height, width, channels = shape
-    rows = np.arange(batch)[:, None, None] * height + np.arange(pad_h, height - pad_h)[None, :, None]
-    starts = ((rows * width + np.arange(pad_w, width - pad_w)[None, None, :]) * channels).ravel().astype(np.int64)
-    starts.flags.writeable = False
-    return starts
+    return _pixel_starts(shape, (pad_h, pad_w), (1, 1), (shape[1] - 2 * pad_h, shape[2] - 2 * pad_w))
 
 
 @lru_cache(maxsize=256)
@@ -368,20 +375,17 @@ def _conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, i
                      dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """Output size, each output pixel's first input byte and each kernel position's shift (minus its
     start in the reduction order) in a padded NHWC input: computed once per shape, not per call."""
-    batch, height, width, channels = shape
-    (rows, cols), (stride_h, stride_w), (dil_h, dil_w) = kernel_size, stride, dilation
-    out_h = conv_output_size(height, rows, stride_h, 0, dil_h)
-    out_w = conv_output_size(width, cols, stride_w, 0, dil_w)
+    _, height, width, channels = shape
+    (rows, cols), (dil_h, dil_w) = kernel_size, dilation
+    out_h = conv_output_size(height, rows, stride[0], 0, dil_h)
+    out_w = conv_output_size(width, cols, stride[1], 0, dil_w)
     if out_h < 1 or out_w < 1:
         raise ValueError(f"a {rows}x{cols} kernel with dilation {dilation} does not fit a padded {height}x{width} "
                          f"input")
-    pixels = (np.arange(batch)[:, None, None] * height + np.arange(out_h)[None, :, None] * stride_h) * width \
-        + np.arange(out_w)[None, None, :] * stride_w
     positions = np.arange(rows)[:, None] * dil_h * width + np.arange(cols)[None, :] * dil_w
     shifts = ((positions.ravel() - np.arange(rows * cols)) * channels).astype(np.int64)
-    row_starts = (pixels.ravel() * channels).astype(np.int64)
-    row_starts.flags.writeable = shifts.flags.writeable = False  # shared by every call with this shape
-    return (out_h, out_w), row_starts, shifts
+    shifts.flags.writeable = False  # shared by every call with this shape
+    return (out_h, out_w), _pixel_starts(shape, (0, 0), stride, (out_h, out_w)), shifts
 
 
 def _ternary_quads(layer: PackedLayer) -> bool:
