@@ -1,4 +1,4 @@
-"""The configs in conf/: every experiment and debug file composes and passes validation, and
+"""The configs in conf/: every experiment, debug and PTQ grid file composes and passes validation, and
 params.yaml is the composed default."""
 
 import itertools
@@ -12,6 +12,7 @@ from fgq_pipeline.validation import validate_config
 
 EXPERIMENTS = [None, *sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))]
 DEBUGS = [None, *sorted(p.stem for p in (REPO / "conf" / "debug").glob("*.yaml"))]
+PTQ_GRIDS = sorted(p.stem for p in (REPO / "conf" / "ptq").glob("*.yaml"))
 
 
 def test_params_yaml_is_the_composed_default_config():
@@ -27,3 +28,10 @@ def test_every_experiment_and_debug_config_composes_and_validates(experiment, de
         assert cfg.paths.reports == f"reports/{cfg.data.name}-{cfg.model.name}"
     if debug == "smoke":
         assert cfg.ptq.group_size == [1, 4, 64, "filter"] and cfg.bench.rounds == 2
+
+
+@pytest.mark.parametrize("grid", PTQ_GRIDS)
+def test_every_ptq_grid_composes_and_validates(grid):
+    cfg = compose_config(["experiment=cifar10_resnet", f"ptq={grid}"])
+    validate_config(cfg)
+    assert cfg.ptq.variants
