@@ -100,7 +100,7 @@ class ForcedNet(IntegerNet):
     integer graph computed itself (from the previous layers' outputs, through pooling, adds,
     flatten, ...) was from it, relative to its largest magnitude."""
 
-    hands_over_integers = False  # every layer's float input goes through run_layer
+    node_by_node = True  # every layer's float input goes through run_layer
 
     def run_layer(self, layer, x, *epilogue):
         expected = self.torch_inputs[layer.name]

@@ -45,7 +45,7 @@ FULL_TEST_SET_AGREEMENT = 0.999  # see the full-test-set test: flips move a few 
 class RecordingNet(IntegerNet):
     """Keeps the integers each layer received, to compare with the fake-quant model's."""
 
-    hands_over_integers = False  # every layer's float input goes through run_layer
+    node_by_node = True  # every layer's float input goes through run_layer
 
     def run_layer(self, layer, x, *epilogue):
         self.inputs[layer.name] = layer.activation.quantize(x).astype(np.int16)  # 8-bit codes: int16 holds differences

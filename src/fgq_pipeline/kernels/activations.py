@@ -63,25 +63,27 @@ class ActivationFormat:
         images = x.reshape(-1, 1, 1, x.shape[-1]) if x.ndim != 4 else x
         batch, height, width, depth = images.shape
         integers = np.empty((batch, height + 2 * pad_h, width + 2 * pad_w, channels or depth), dtype=self.dtype)
-        _quantize_kernel(images, np.float32(self.scale), np.float32(qmin), np.float32(qmax), pad_h, pad_w, integers)
+        quantize_kernel(images, np.float32(self.scale), np.float32(qmin), np.float32(qmax), pad_h, pad_w, 0, integers)
         return integers if x.ndim == 4 else integers.reshape(x.shape)
 
 
 @njit(cache=True)
-def _quantize_kernel(x, scale, qmin, qmax, pad_h, pad_w, out):
+def quantize_kernel(x, scale, qmin, qmax, pad_h, pad_w, offset, out):
     """One pass instead of numpy's four (divide, round, clip, cast) plus a padded copy; the same
-    fp32 division and round-half-to-even, so the integers are the fake-quant model's bit for bit."""
+    fp32 division and round-half-to-even, so the integers are the fake-quant model's bit for bit.
+    ``offset`` is added to each integer as it is stored (128: signed values as the tiled kernels'
+    unsigned bytes, :mod:`.compiled_pass`), padding (integer 0) included."""
     batch, height, width, channels = x.shape
     for b in range(batch):
         for h in range(out.shape[1]):
             row = out[b, h]
             if h < pad_h or h >= pad_h + height:
-                row[:] = 0
+                row[:] = offset
                 continue
-            row[:pad_w] = 0
-            row[pad_w + width:] = 0
+            row[:pad_w] = offset
+            row[pad_w + width:] = offset
             source = x[b, h - pad_h]
             for w in range(width):
                 for c in range(channels):
-                    row[pad_w + w, c] = min(max(np.rint(source[w, c] / scale), qmin), qmax)
-                row[pad_w + w, channels:] = 0
+                    row[pad_w + w, c] = min(max(np.rint(source[w, c] / scale), qmin), qmax) + offset
+                row[pad_w + w, channels:] = offset

@@ -80,12 +80,12 @@ def _window_sum(x: np.ndarray, kernel: list[int], stride: list[int]) -> np.ndarr
     out_h = (x.shape[1] - kernel[0]) // stride[0] + 1
     out_w = (x.shape[2] - kernel[1]) // stride[1] + 1
     out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), dtype=np.float32)
-    _window_sum_kernel(x.astype(np.float32, copy=False), kernel[0], kernel[1], stride[0], stride[1], out)
+    window_sum_kernel(x.astype(np.float32, copy=False), kernel[0], kernel[1], stride[0], stride[1], out)
     return out
 
 
 @njit(cache=True)
-def _window_sum_kernel(x, rows, cols, stride_h, stride_w, out):
+def window_sum_kernel(x, rows, cols, stride_h, stride_w, out):
     """One Numba pass: per window the first cell, then each further cell added in row-major order
     (one numpy pass per cell made a global pool 64 array operations)."""
     batch, out_h, out_w, channels = out.shape

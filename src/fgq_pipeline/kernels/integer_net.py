@@ -7,7 +7,8 @@ ternary layer with int8 scales: one exact sum per filter of the int8 weights t *
 :func:`.packed.as_int8_layer`). Where the tiled kernels run a conv, its residual add and ReLU are
 applied as its outputs are stored (:mod:`.fusion`), and outputs that only convs read leave it as
 their integer input (the same rounding, done in the store); fp32 values remain where an add, a
-pooling or the logits need them.
+pooling or the logits need them. Graphs the compiled pass takes run as one Numba function per input
+shape (:mod:`.compiled_pass`), the rest node by node; both compute the same values.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import graph_ops as ops
+from .compiled_pass import CompiledPass, compile_pass
 from .fusion import fuse_epilogues
 from .graph import validate_graph
 from .im2col import im2col
@@ -32,10 +34,11 @@ from .tiled_gemm import QUAD, TILE, TiledLayer
 class IntegerNet:
     """Callable on float32 NCHW images; returns float32 logits [B, classes]."""
 
-    # A conv read in place stores its outputs as the integer input of the convs that read them (see
-    # _integer_handoffs), skipping their quantization pass; subclasses that watch the float input
-    # of every layer through run_layer turn it off.
-    hands_over_integers = True
+    # True: every layer's float input goes through run_layer, node by node: no integer hand-over
+    # between convs (_integer_handoffs) and no compiled pass (:mod:`.compiled_pass`), for subclasses
+    # that watch those inputs. Both give the same values.
+    node_by_node = False
+    PASSES_KEPT = 4  # compiled passes cached, one per input shape (each holds its buffers)
 
     def __init__(self, model: PackedModel):
         self.layers = model.layers
@@ -51,7 +54,8 @@ class IntegerNet:
             name: as_int8_layer(layer) for name, layer in self.layers.items() if name not in self._tiled
         }
         self._scales = {name: layer.fp32_scales for name, layer in self._general.items()}  # decoded once
-        self._handoffs = self._integer_handoffs() if self.hands_over_integers else {}
+        self._handoffs = {} if self.node_by_node else self._integer_handoffs()
+        self._passes: dict[tuple[int, ...], CompiledPass | None] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> "IntegerNet":
@@ -65,6 +69,9 @@ class IntegerNet:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4:
             raise ValueError(f"images must be a float32 batch [B, C, H, W], got shape {images.shape}")
+        compiled = self._compiled_pass(images.shape)
+        if compiled is not None:
+            return compiled(images)
         values, integers = {}, {}  # fp32 NHWC values (None where no reader needs them); handed-over integers
         for index, node in enumerate(self.plan):
             name = node["output"]
@@ -80,6 +87,16 @@ class IntegerNet:
                 del values[value]
                 integers.pop(value, None)
         return values[self.plan[-1]["output"]]
+
+    def _compiled_pass(self, shape: tuple[int, ...]) -> CompiledPass | None:
+        if self.node_by_node:
+            return None
+        if shape not in self._passes:
+            if len(self._passes) == self.PASSES_KEPT:
+                del self._passes[next(iter(self._passes))]
+            self._passes[shape] = compile_pass(self.plan, self.layers, self._tiled, self._handoffs, self._release,
+                                               shape)
+        return self._passes[shape]
 
     def run_node(self, node: dict, inputs: list[np.ndarray]) -> np.ndarray:
         op, x = node["op"], inputs[0]

@@ -315,7 +315,7 @@ def store_floats(typingctx, out, index, acc):
 @intrinsic
 def store_quantized(typingctx, out, index, acc, scale, qmax):
     """out[index:index + 16] = uint8(min(max(rint(acc / scale), 0), qmax)): the 16 outputs as the next
-    layer's unsigned integer input, with ``_quantize_kernel``'s operations (fp32 division, round half
+    layer's unsigned integer input, with ``activations.quantize_kernel``'s operations (fp32 division, round half
     to even, saturation)."""
     if scale != types.float32 or qmax != types.float32 or not _flat(out, types.uint8):
         return None

@@ -71,22 +71,25 @@ TILE_GROUP = 4  # tiles per GEMV task (unrolled below); scales, offsets and code
 GROUP_LANES = TILE_GROUP * TILE
 GEMV_MAX_ROWS = 3  # fewer rows read the 2-bit codes, more the int8 weights (about even at 3 rows)
 SIGNED_OFFSET = 128  # int8 activations x are fed as the unsigned bytes x + 128
+NO_FLOATS = np.empty(0, dtype=np.float32)  # the batched kernel's "no residual"
+NO_INTEGERS = np.empty(0, dtype=np.uint8)  # and "no requantized outputs"
 
 
 @njit(cache=True, parallel=True)
-def _batched_kernel(x_flat, row_starts, position_shifts, position_quads, weights, scales, offsets, group_ends, signed,
-                    bias, act_scale, residual, relu, keep_floats, integers, integer_starts, next_scale, next_max, out):
+def batched_kernel(x_flat, row_starts, position_shifts, position_quads, weights, scales, offsets, group_ends, signed,
+                   bias, act_scale, residual, relu, keep_floats, integers, integer_starts, next_scale, next_max, out):
     """Row m's reduction position j (quad q = j / 4, kernel position p = q / ``position_quads``) is
     ``x_flat[row_starts[m] + position_shifts[p] + j]``: a matrix's rows (one position), or a padded
     NHWC image read in place by a convolution (implicit GEMM: no im2col columns are written).
-    ``residual`` (fp32, flat, laid out like ``out``; or None) is added to the outputs and ``relu``
+    ``residual`` (fp32, flat, laid out like ``out``; empty: none) is added to the outputs and ``relu``
     applied as they are stored: the graph's add and ReLU after the layer, without another pass.
-    ``integers`` (uint8, flat; or None): the outputs also stored as the next layer's unsigned input,
+    ``integers`` (uint8, flat; empty: none): the outputs also stored as the next layer's unsigned input,
     row m's at ``integer_starts[m]``, rounded to steps of ``next_scale`` up to ``next_max``; the fp32
     outputs only if ``keep_floats``."""
     rows = row_starts.shape[0]
     tiles = weights.shape[0]
     width = out.shape[1]
+    add_residual, requantize = residual.size > 0, integers.size > 0  # empty arrays: one compiled variant
     chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
     out_flat = out.ravel()
     for task in prange(chunks * tiles):
@@ -135,13 +138,13 @@ def _batched_kernel(x_flat, row_starts, position_shifts, position_quads, weights
             for i, f in enumerate((f0, f1, f2, f3, f4, f5, f6, f7)):
                 if r + i < rows:
                     y, at = affine(f, act_scale, bias, column), (r + i) * width + column
-                    if residual is not None:  # the graph's add, then its ReLU, in registers
+                    if add_residual:  # the graph's add, then its ReLU, in registers
                         y = add_loaded(y, residual, at)
                     if relu:
                         y = relu_lanes(y)
                     if keep_floats:
                         store_floats(out_flat, at, y)
-                    if integers is not None:
+                    if requantize:
                         store_quantized(integers, integer_starts[r + i] + column, y, next_scale, next_max)
 
 
@@ -284,9 +287,9 @@ class TiledLayer:
                          self.bias, np.float32(act_scale), out)
         else:
             row_starts = np.arange(x.shape[0], dtype=np.int64) * x.shape[1]
-            _batched_kernel(x.ravel(), row_starts, np.zeros(1, dtype=np.int64), quads, self.weights, self.scales,
-                            self.offsets, self.group_ends, signed, self.bias, np.float32(act_scale), None, False, True,
-                            None, row_starts, np.float32(1), np.float32(0), out)
+            batched_kernel(x.ravel(), row_starts, np.zeros(1, dtype=np.int64), quads, self.weights, self.scales,
+                           self.offsets, self.group_ends, signed, self.bias, np.float32(act_scale), NO_FLOATS, False,
+                           True, NO_INTEGERS, row_starts, np.float32(1), np.float32(0), out)
         return self._outputs(out)
 
     def conv(self, padded: np.ndarray, kernel_size: tuple[int, int], stride: tuple[int, int],
@@ -317,7 +320,7 @@ class TiledLayer:
         if channels % QUAD or kernel_size[0] * kernel_size[1] * channels != self.weights.shape[1] * QUAD:
             raise ValueError(f"a {kernel_size[0]}x{kernel_size[1]} convolution over {channels} channels does not "
                              f"match the layer's {self.weights.shape[1] * QUAD} reduction positions in whole quads")
-        (out_h, out_w), row_starts, shifts = _conv_addressing(padded.shape, kernel_size, stride, dilation)
+        (out_h, out_w), row_starts, shifts = conv_addressing(padded.shape, kernel_size, stride, dilation)
         signed = padded.dtype == np.int8
         x = padded.view(np.uint8) ^ np.uint8(SIGNED_OFFSET) if signed else padded
         out = np.empty((row_starts.shape[0], self.weights.shape[0] * TILE), dtype=np.float32)
@@ -326,17 +329,18 @@ class TiledLayer:
                 raise ValueError(f"the residual must be fp32 {(batch, out_h, out_w, self.out_channels)}, got "
                                  f"{residual.dtype} {residual.shape}")
             residual = _padded_columns(residual.reshape(-1, self.out_channels), out.shape[1]).ravel()
-        keep_floats, integers, starts, next_scale, next_max = True, None, row_starts, np.float32(1), np.float32(0)
+        residual = NO_FLOATS if residual is None else residual
+        keep_floats, integers, starts, next_scale, next_max = True, NO_INTEGERS, row_starts, np.float32(1), np.float32(0)
         if requantize is not None:
             next_input, (pad_h, pad_w), keep_floats = requantize
             integers = np.zeros((batch, out_h + 2 * pad_h, out_w + 2 * pad_w, self.out_channels), dtype=np.uint8)
-            starts = _padded_pixel_starts(integers.shape, pad_h, pad_w)
+            starts = padded_pixel_starts(integers.shape, pad_h, pad_w)
             next_scale, next_max = np.float32(next_input.scale), np.float32(next_input.integer_range[1])
-        _batched_kernel(x.ravel(), row_starts, shifts, channels // QUAD, self.weights, self.scales, self.offsets,
+        batched_kernel(x.ravel(), row_starts, shifts, channels // QUAD, self.weights, self.scales, self.offsets,
                         self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
-                        None if integers is None else integers.ravel(), starts, next_scale, next_max, out)
+                        integers.ravel(), starts, next_scale, next_max, out)
         floats = self._outputs(out).reshape(batch, out_h, out_w, self.out_channels) if keep_floats else None
-        return floats, integers
+        return floats, None if requantize is None else integers
 
     def _outputs(self, out: np.ndarray) -> np.ndarray:
         """Without the padding outputs past K."""
@@ -365,13 +369,13 @@ def _pixel_starts(shape: tuple[int, int, int, int], first: tuple[int, int], step
 
 
 @lru_cache(maxsize=256)
-def _padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int) -> np.ndarray:
+def padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int) -> np.ndarray:
     """Each output pixel's first byte in the zero-padded NHWC buffer ``shape`` of the next layer's input."""
     return _pixel_starts(shape, (pad_h, pad_w), (1, 1), (shape[1] - 2 * pad_h, shape[2] - 2 * pad_w))
 
 
 @lru_cache(maxsize=256)
-def _conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
+def conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
                      dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """Output size, each output pixel's first input byte and each kernel position's shift (minus its
     start in the reduction order) in a padded NHWC input: computed once per shape, not per call."""
