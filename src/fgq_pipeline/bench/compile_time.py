@@ -12,7 +12,8 @@ import tempfile
 # quantization, im2col, the tiled batched kernel (conv, 81 rows, handing its outputs to conv2 as integers;
 # conv2 with a fused ReLU; int8 fc2) and GEMV kernel (fc1 at batch 1), and for layers without whole quads of
 # weights the general ternary GEMM's batched and row paths (conv0, 3 input channels: one block of 64 rows
-# and 17 left) and the int8 GEMM (fc3, 6 inputs).
+# and 17 left) and the int8 GEMM (fc3, 6 inputs). That network runs node by node (conv0 is not tiled); its
+# convs alone, to the pool's flattened outputs, run as a compiled pass (which compiles every step it has).
 FIRST_CALL_PROBE = """
 import time, numpy as np
 from fgq_pipeline.kernels import ActivationFormat, IntegerNet, PackedModel, pack_int8_layer, pack_ternary_layer
@@ -35,8 +36,11 @@ graph = [{"op": "input", "inputs": [], "output": "v0"}] + [
     {"op": op, "inputs": [f"v{i}"], "output": f"v{i + 1}"} | ({"layer": layer} if layer else {})
     | ({"output_size": [1, 1]} if op == "adaptive_avgpool" else {}) for i, (op, layer) in enumerate(ops)]
 net = IntegerNet(PackedModel({layer.name: layer for layer in layers}, graph))
+convs = [graph[0], {**graph[3], "inputs": ["v0"]}, *graph[4:9]]
+compiled = IntegerNet(PackedModel({layer.name: layer for layer in layers[1:3]}, convs))
 start = time.perf_counter()
 net(np.ones((1, 3, 9, 9), np.float32))
+compiled(np.ones((1, 8, 9, 9), np.float32))
 print(time.perf_counter() - start)
 """
 

@@ -38,7 +38,7 @@ class IntegerNet:
     # between convs (_integer_handoffs) and no compiled pass (:mod:`.compiled_pass`), for subclasses
     # that watch those inputs. Both give the same values.
     node_by_node = False
-    PASSES_KEPT = 4  # compiled passes cached, one per input shape (each holds its buffers)
+    PASSES_KEPT = 2  # compiled passes cached, one per input shape (each holds its buffers): a batch and a remainder
 
     def __init__(self, model: PackedModel):
         self.layers = model.layers
