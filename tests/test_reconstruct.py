@@ -21,6 +21,7 @@ from fgq_pipeline.quant import (
     reconstruction_blocks,
     ternarize,
 )
+from fgq_pipeline.quant.uniform import quantize_uniform
 from fgq_pipeline.tasks.ptq_grid import finetune_quant_config, reconstruct_config
 
 SIZE = 16
@@ -37,9 +38,10 @@ def calibration(count: int = 4) -> list[tuple[torch.Tensor]]:
     return [(torch.randn(16, 3, SIZE, SIZE, generator=generator),) for _ in range(count)]
 
 
-def quantized(rounding: str, seed: int = 0, settings: ReconstructConfig = SETTINGS, group_size=4) -> torch.nn.Module:
+def quantized(rounding: str, seed: int = 0, settings: ReconstructConfig = SETTINGS, group_size=4,
+              weight_format="ternary") -> torch.nn.Module:
     fp32 = fp32_resnet()
-    config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=4)
+    config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=4, weight_format=weight_format)
     model = quantize_model(copy.deepcopy(fp32), config)
     return post_training_quantize(model, config, calibration(), fp32_model=fp32, reconstruct=settings, seed=seed).eval()
 
@@ -64,9 +66,12 @@ def test_blocks_are_the_residual_blocks_and_the_layers_outside_them():
         "conv1", *(f"layer{stage}.{block}" for stage in range(1, 5) for block in range(2)), "fc"]
 
 
-def test_reconstruction_lowers_every_block_output_error_below_nearest_rounding():
-    """Each block's output in the whole quantized network, against the FP32 network's, on calibration images."""
-    fp32, nearest, learned = fp32_resnet(), quantized("nearest"), quantized("reconstruct")
+@pytest.mark.parametrize("weight_format", ["ternary", "int2"])
+def test_reconstruction_lowers_every_block_output_error_below_nearest_rounding(weight_format):
+    """Each block's output in the whole quantized network, against the FP32 network's, on calibration
+    images; the uniform baseline formats learn through the same reconstruction."""
+    fp32 = fp32_resnet()
+    nearest, learned = (quantized(rounding, weight_format=weight_format) for rounding in ("nearest", "reconstruct"))
     names = reconstruction_blocks(learned, torch.randn(1, 3, SIZE, SIZE))
     images = torch.cat([batch[0] for batch in calibration()])
     reference, before, after = (block_outputs(m, names, images) for m in (fp32, nearest, learned))
@@ -89,6 +94,23 @@ def test_learned_weights_are_exactly_their_own_ternarization_with_learned_scales
         assert torch.equal(ternarize(weights.dequantize(), group_size).codes, weights.codes), name
         moved_scales += int((weights.scales != plain.ternary_weights().scales).sum())
     assert moved_scales > 0
+
+
+@pytest.mark.parametrize("group_size", [4, "filter"])
+def test_uniform_weights_end_on_a_learned_grid_they_sit_on_exactly(group_size):
+    """What the packed file and the fake-quant model read: each uniform layer keeps a fixed grid, its
+    weights are already on it, and some round to the other level next to their FP32 value."""
+    model, fp32 = quantized("reconstruct", group_size=group_size, weight_format="int3"), fp32_resnet()
+    rounded_away = 0
+    for (name, layer), (_, float_layer) in zip(quant_layers(model), quant_layers(quantize_model(fp32, QuantConfig()))):
+        if layer.weight_format.kind != "uniform":
+            continue
+        grid = layer.uniform_grid
+        assert not grid.isnan().any(), name
+        assert torch.equal(layer.quantized_weight(), layer.weight), name
+        nearest = quantize_uniform(float_layer.weight, 3, group_size, grid=grid)
+        rounded_away += int((nearest != layer.weight).sum())
+    assert rounded_away > 0
 
 
 def test_same_seed_same_weights_and_another_seed_other_weights():

@@ -11,7 +11,9 @@ inputs it will see.
 
 Everything learned is what the packed format stores: the layer's weight becomes alpha * t (the
 per-group solvers reproduce t and alpha from it), steps go to the input quantizers' ``scale`` and
-biases to ``bias_correction``. Weights kept at 8 bits keep their rounding; their steps and biases
+biases to ``bias_correction``. Uniform 2/3/4-bit weights (the baseline formats) learn their rounding
+and grid scales the same way (:class:`.soft_rounding.SoftUniformWeights`), so the frontier compares
+formats under one method. Weights kept at 8 bits keep their rounding; their steps and biases
 still learn. Power-of-two steps stay fixed.
 """
 
@@ -31,7 +33,7 @@ from .batches import batch_images
 from .config import ReconstructConfig
 from .modules import QUANT_LAYERS, QuantConv2d
 from .repair import reestimate_batchnorm
-from .soft_rounding import SoftTernaryWeights, drop_quantization, learned_fake_quantize
+from .soft_rounding import SoftTernaryWeights, SoftUniformWeights, drop_quantization, learned_fake_quantize
 from .surgery import quant_layers
 
 CAPTURE_BATCH = 256  # images per forward pass while collecting a block's inputs and targets
@@ -127,7 +129,11 @@ class _LayerLearner:
     def __init__(self, layer: nn.Module, drop_prob: float, dropping: torch.Generator):
         self.layer, self.drop_prob, self.dropping = layer, drop_prob, dropping
         fmt, quantizer = layer.weight_format, layer.input_quantizer
-        self.soft = SoftTernaryWeights(layer.weight, fmt.group_size, fmt.solver) if fmt.kind == "ternary" else None
+        self.soft = None  # 8-bit weights keep their rounding
+        if fmt.kind == "ternary":
+            self.soft = SoftTernaryWeights(layer.weight, fmt.group_size, fmt.solver)
+        elif fmt.kind == "uniform":
+            self.soft = SoftUniformWeights(layer.weight, fmt.bits, fmt.group_size, fmt.scale_dtype, layer._grid())
         self.fixed_weight = None if self.soft else layer.quantized_weight().detach()
         self.quantizes_input = quantizer.enabled and quantizer.calibrated
         learn_step = self.quantizes_input and not quantizer.power_of_two
@@ -139,7 +145,7 @@ class _LayerLearner:
 
     def scale_parameters(self) -> list[nn.Parameter]:
         params = [self.bias] + ([self.log_step] if self.log_step is not None else [])
-        return params + ([p for p in (self.soft.log_pos, self.soft.log_neg) if p is not None] if self.soft else [])
+        return params + (self.soft.scale_parameters() if self.soft else [])
 
     def rounding_penalty(self, exponent: float) -> torch.Tensor:
         return self.soft.rounding_penalty(exponent) if self.soft else torch.zeros(())
@@ -163,7 +169,7 @@ class _LayerLearner:
     def commit(self) -> None:
         """Write the hard codes times the scales, the step and the bias into the layer."""
         if self.soft:
-            self.layer.weight.copy_(self.soft.weight(hard=True).to(self.layer.weight.dtype))
+            self.soft.commit(self.layer)
         if self.log_step is not None:
             self.layer.input_quantizer.scale.copy_(self._step())
         self.layer.bias_correction += self.bias

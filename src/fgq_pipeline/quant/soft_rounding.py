@@ -1,9 +1,13 @@
 """Learnable stand-ins for a layer's quantizers while block reconstruction trains it.
 
-Weights: each weight is a soft code floor + h(v) in [-1, 1], where floor is -1 or 0 and h is
+Ternary weights: each weight is a soft code floor + h(v) in [-1, 1], where floor is -1 or 0 and h is
 AdaRound's rectified sigmoid, times a learned per-group scale (alpha0 * exp(s), so it stays positive
 and its step is relative). A penalty drives h to 0 or 1, so the codes end on {-1, 0, +1} and the
 layer's weight becomes alpha * t, which the per-group solvers reproduce exactly.
+
+Uniform weights (the baseline formats): the same soft rounding between a weight's two neighbouring
+levels of its group's grid (AdaRound itself), with the group's scale learned the same way and its
+zero point kept; the layer keeps the learned grid, as GPTQ-style rounding leaves it.
 
 Activations: LSQ-style rounding whose step size gets a gradient, with QDrop's random drop.
 """
@@ -13,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ternary import GroupSize, expand_scales, ternarize
+from .scale_storage import stored_scales
+from .ternary import GroupSize, expand_scales, from_groups, ternarize, to_groups
+from .uniform import fit_grid
 
 # AdaRound's stretch of the sigmoid beyond [0, 1], so the rectified value reaches 0 and 1 exactly.
 STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1
@@ -74,7 +80,64 @@ class SoftTernaryWeights(nn.Module):
 
     def rounding_penalty(self, exponent: float) -> torch.Tensor:
         """AdaRound's regulariser: zero only where every code sits on 0 or 1 above its floor."""
-        return (1 - (2 * _rectified_sigmoid(self.logits) - 1).abs().pow(exponent)).sum()
+        return _rounding_penalty(self.logits, exponent)
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.log_pos, self.log_neg) if p is not None]
+
+    @torch.no_grad()
+    def commit(self, layer: nn.Module) -> None:
+        """The hard codes times the scales as the layer's weight (its solver finds them again)."""
+        layer.weight.copy_(self.weight(hard=True).to(layer.weight.dtype))
+
+
+class SoftUniformWeights(nn.Module):
+    """Soft levels and learned group scales of one uniform ``bits``-bit weight tensor, started from
+    ``grid`` ([2, *groups]: scales, zero points; fitted to ``weight`` if None): each weight starts
+    at its own value, between the two levels around it."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: GroupSize, scale_dtype: str,
+                 grid: torch.Tensor | None = None):
+        super().__init__()
+        self.shape, self.group_size, self.bits, self.scale_dtype = weight.shape, group_size, bits, scale_dtype
+        groups, _ = to_groups(weight.detach().float(), group_size)
+        grid = fit_grid(groups, bits, scale_dtype) if grid is None else grid.float()
+        self.register_buffer("scale_start", grid[0])
+        self.register_buffer("zero", grid[1])
+        self.log_scale = nn.Parameter(torch.zeros_like(grid[0]))
+        ratio = groups / grid[0].unsqueeze(-1).clamp(min=TINY_SCALE)
+        floor = torch.floor(ratio)
+        self.register_buffer("floor", floor)
+        self.logits = nn.Parameter(_inverse_rectified_sigmoid(ratio - floor))
+
+    def scale(self) -> torch.Tensor:
+        return self.scale_start * torch.exp(self.log_scale)
+
+    def weight(self, hard: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
+        rest = (self.logits >= 0).to(self.floor.dtype) if hard else _rectified_sigmoid(self.logits)
+        zero = self.zero.unsqueeze(-1)
+        levels = torch.clamp(self.floor + rest + zero, 0, 2**self.bits - 1)
+        scale = self.scale() if scale is None else scale
+        return from_groups((levels - zero) * scale.unsqueeze(-1), self.shape, self.group_size)
+
+    def rounding_penalty(self, exponent: float) -> torch.Tensor:
+        return _rounding_penalty(self.logits, exponent)
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        return [self.log_scale]
+
+    @torch.no_grad()
+    def commit(self, layer: nn.Module) -> None:
+        """The hard levels on the learned scales as stored (fp16, int8 multiples) as the layer's
+        weight, and that grid fixed in the layer."""
+        scale = stored_scales(self.scale(), self.scale_dtype)
+        layer.weight.copy_(self.weight(hard=True, scale=scale).to(layer.weight.dtype))
+        layer.fix_grid(torch.stack([scale, self.zero]).to(layer.uniform_grid.dtype))
+
+
+def _rounding_penalty(logits: torch.Tensor, exponent: float) -> torch.Tensor:
+    """AdaRound's regulariser: zero only where every weight sits on the level below or above it."""
+    return (1 - (2 * _rectified_sigmoid(logits) - 1).abs().pow(exponent)).sum()
 
 
 def learned_fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from .frame import MODEL_KEYS, VARIANT_KEYS
 from .labels import act_bits_label, group_row_label, model_label, percent
 
 SECONDS_COLUMN = "reconstruct_seconds"  # wall time of the reconstruction of a row's model
-HEADER = ["model", "N", "activations", "reconstructed top-1", "GPTQ-style top-1", "gain", "FP32 top-1",
+HEADER = ["model", "weights", "N", "activations", "reconstructed top-1", "GPTQ-style top-1", "gain", "FP32 top-1",
           "minutes"]
 MATCH_KEYS = [*MODEL_KEYS, "group_size", "act_bits", *(key for key in VARIANT_KEYS if key != "rounding")]
 
@@ -27,7 +27,7 @@ def reconstruction_sections(frame: pd.DataFrame) -> list[str]:
         baseline = gptq.get(key)
         minutes = row.get(SECONDS_COLUMN)
         rows.append([
-            model_label(tuple(row[k] for k in MODEL_KEYS)), group_row_label(row["group_size"]),
+            model_label(tuple(row[k] for k in MODEL_KEYS)), row["weight_format"], group_row_label(row["group_size"]),
             act_bits_label(int(row["act_bits"])), percent(row["top1"]),
             "-" if baseline is None else percent(baseline),
             "-" if baseline is None else f"{100 * (row['top1'] - baseline):+.2f}",
@@ -40,6 +40,6 @@ def reconstruction_sections(frame: pd.DataFrame) -> list[str]:
          "chosen on training images calibration never draws) next to the same configuration rounded GPTQ-style "
          "without learning. *Minutes*: wall time of the reconstruction alone on the machine that ran the grid."),
         "",
-        markdown_table(HEADER, rows, text_columns=HEADER[:3]),
+        markdown_table(HEADER, rows, text_columns=HEADER[:4]),
         "",
     ])]
