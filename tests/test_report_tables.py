@@ -172,6 +172,14 @@ def test_headline_gives_fp32_best_post_training_and_finetuned():
     ]
 
 
+def test_headline_is_the_best_ternary_row_even_where_a_uniform_baseline_scores_higher():
+    records = realistic_records()
+    best_a8 = variant_records("D", [4], [8])[0]
+    uniform = {**best_a8, "weight_format": "int4", "top1": best_a8["top1"] + 0.01}
+    headline = headline_markdown(results_frame([*records, uniform]))
+    assert f"N=4, A8: {percent(best_a8['top1'])}% (solver `exact`" in headline and "int4" not in headline
+
+
 def test_headline_says_what_was_not_measured(records):
     without_a4 = [record for record in records if record["act_bits"] != 4]
     assert "- Best post-training top-1, N=4, A4: not measured" in headline_markdown(

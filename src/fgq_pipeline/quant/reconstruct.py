@@ -33,7 +33,12 @@ from .batches import batch_images
 from .config import ReconstructConfig
 from .modules import QUANT_LAYERS, QuantConv2d
 from .repair import reestimate_batchnorm
-from .soft_rounding import SoftTernaryWeights, SoftUniformWeights, drop_quantization, learned_fake_quantize
+from .soft_rounding import (
+    SoftTernaryWeights,
+    SoftUniformWeights,
+    drop_quantization,
+    learned_fake_quantize,
+)
 from .surgery import quant_layers
 
 CAPTURE_BATCH = 256  # images per forward pass while collecting a block's inputs and targets

@@ -215,8 +215,9 @@ def _best_post_training_item(rows: pd.DataFrame, act_bits: int) -> str:
         f"Best post-training top-1, {group_row_label(HEADLINE_GROUP_SIZE)}, "
         f"{act_bits_label(act_bits)}"
     )
-    candidates = rows[
+    candidates = rows[  # the method's own rows: the uniform baselines have their place on the frontier
         ~rows["finetuned"].astype(bool)
+        & (rows["weight_format"] == "ternary")
         & (rows["group_size"] == str(HEADLINE_GROUP_SIZE))
         & (rows["act_bits"] == act_bits)
     ]
