@@ -34,8 +34,19 @@ from .tiled_gemm import (
     padded_pixel_starts,
 )
 
+# A step is one int64 row of FIELDS (op first; f: float buffer, i: integer buffer, a: address array) and
+# PARAMS float32 values:
+#   QUANTIZE       f_in, i_out, B, H, W, C, pad_h, pad_w, C_out, offset        | scale, qmin, qmax
+#   TILED          layer, i_in, a_rows, a_shifts, position_quads, signed, f_residual, relu, keep_floats,
+#                  f_out, width, i_out, a_out_rows                               | act scale, next scale, next max
+#   SUBSAMPLE_PAD  f_in, f_out, B, H, W, C, step, pad_channels
+#   AVG_POOL       f_in, f_out, B, H, W, C, kh, kw, sh, sw                      | window area
+#   ADAPTIVE_POOL  f_in, f_out, B, H, W, C, out_h, out_w
+#   MAX_POOL       f_in, f_out, B, H, W, C, kh, kw, sh, sw, ph, pw
+#   FLATTEN        f_in, f_out, B, H, W, C
+#   ADD            f_a, f_b, f_out, size;  RELU  f_in, f_out, size
 QUANTIZE, TILED, SUBSAMPLE_PAD, AVG_POOL, ADAPTIVE_POOL, MAX_POOL, FLATTEN, ADD, RELU = range(9)
-FIELDS = 16  # int64 fields per step; float32 parameters per step: PARAMS
+FIELDS = 16
 PARAMS = 3
 NONE = 0  # buffer 0 of each list is empty: "no residual", "no integer outputs", "no float outputs"
 
@@ -260,7 +271,7 @@ class _Builder:
 
 @njit(cache=True)
 def _run_steps(steps, params, floats, integers, addresses, weights, scales, offsets, group_ends, biases):
-    """The steps in order (fields as :class:`_Builder` writes them); buffers are flat, shapes in the steps."""
+    """The steps in order (fields: the table above); buffers are flat, their shapes in the steps."""
     for i in range(steps.shape[0]):
         s, p = steps[i], params[i]
         op = s[0]
