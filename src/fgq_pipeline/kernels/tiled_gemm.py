@@ -337,8 +337,8 @@ class TiledLayer:
             starts = padded_pixel_starts(integers.shape, pad_h, pad_w)
             next_scale, next_max = np.float32(next_input.scale), np.float32(next_input.integer_range[1])
         batched_kernel(x.ravel(), row_starts, shifts, channels // QUAD, self.weights, self.scales, self.offsets,
-                       self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
-                       integers.ravel(), starts, next_scale, next_max, out)
+                        self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
+                        integers.ravel(), starts, next_scale, next_max, out)
         floats = self._outputs(out).reshape(batch, out_h, out_w, self.out_channels) if keep_floats else None
         return floats, None if requantize is None else integers
 
@@ -376,7 +376,7 @@ def padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int
 
 @lru_cache(maxsize=256)
 def conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
-                    dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+                     dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """Output size, each output pixel's first input byte and each kernel position's shift (minus its
     start in the reduction order) in a padded NHWC input: computed once per shape, not per call."""
     _, height, width, channels = shape
