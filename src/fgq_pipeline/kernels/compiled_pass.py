@@ -31,14 +31,15 @@ from .tiled_gemm import (
     TiledLayer,
     batched_kernel,
     conv_addressing,
+    matrix_quad_offsets,
     padded_pixel_starts,
 )
 
 # A step is one int64 row of FIELDS (op first; f: float buffer, i: integer buffer, a: address array) and
 # PARAMS float32 values:
 #   QUANTIZE       f_in, i_out, B, H, W, C, pad_h, pad_w, C_out, offset        | scale, qmin, qmax
-#   TILED          layer, i_in, a_rows, a_shifts, position_quads, signed, f_residual, relu, keep_floats,
-#                  f_out, width, i_out, a_out_rows                               | act scale, next scale, next max
+#   TILED          layer, i_in, a_rows, a_quad_offsets, signed, f_residual, relu, keep_floats, f_out,
+#                  width, i_out, a_out_rows                                               | act scale, next scale, next max
 #   SUBSAMPLE_PAD  f_in, f_out, B, H, W, C, step, pad_channels
 #   AVG_POOL       f_in, f_out, B, H, W, C, kh, kw, sh, sw                      | window area
 #   ADAPTIVE_POOL  f_in, f_out, B, H, W, C, out_h, out_w
@@ -130,7 +131,7 @@ class _Builder:
                 raise _NodeLoop
             padded, quantize_buffer = self._quantize(x_buffer, x_shape, layer.activation, (0, 0), x_shape[3])
             row_starts = np.arange(self.batch, dtype=np.int64) * x_shape[3]
-            shifts, out_hw, position_quads = np.zeros(1, dtype=np.int64), (1, 1), tiled.weights.shape[1]
+            quad_offsets, out_hw = matrix_quad_offsets(tiled.weights.shape[1]), (1, 1)
         else:
             if tiled.in_channels % QUAD:
                 raise _NodeLoop
@@ -142,8 +143,8 @@ class _Builder:
             else:
                 padded, quantize_buffer = self._quantize(x_buffer, x_shape, layer.activation, layer.padding,
                                                          tiled.in_channels)
-            out_hw, row_starts, shifts = conv_addressing(padded[1], layer.kernel_size, layer.stride, layer.dilation)
-            position_quads = tiled.in_channels // QUAD
+            out_hw, row_starts, quad_offsets = conv_addressing(padded[1], layer.kernel_size, layer.stride,
+                                                               layer.dilation)
         width = tiled.weights.shape[0] * TILE
         out_shape = (self.batch, *out_hw, layer.out_channels)
         residual = self.values[node["inputs"][1]][0] if node.get("residual") else NONE
@@ -159,9 +160,9 @@ class _Builder:
             next_scale, next_max = consumer.activation.scale, consumer.activation.integer_range[1]
             self.handed[node["output"]] = (out_integers, key)
         signed = layer.activation.signed
-        self._step([TILED, self._layer(node["layer"]), padded[0], self._address(row_starts), self._address(shifts),
-                    position_quads, signed, residual, node.get("relu", False), keep_floats, out_floats, width,
-                    out_integers, self._address(integer_starts)],
+        self._step([TILED, self._layer(node["layer"]), padded[0], self._address(row_starts),
+                    self._address(quad_offsets), signed, residual, node.get("relu", False), keep_floats, out_floats,
+                    width, out_integers, self._address(integer_starts)],
                    [layer.activation.scale, next_scale, next_max])
         if quantize_buffer is not None:
             self.free[quantize_buffer[0]].append(quantize_buffer[1])
@@ -280,11 +281,11 @@ def _run_steps(steps, params, floats, integers, addresses, weights, scales, offs
             quantize_kernel(floats[s[1]].reshape((batch, height, width, depth)), p[0], p[1], p[2], pad_h, pad_w,
                             s[10], integers[s[2]].reshape((batch, height + 2 * pad_h, width + 2 * pad_w, channels)))
         elif op == TILED:
-            layer, width = s[1], s[11]
-            out = floats[s[10]]
-            batched_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], s[5], weights[layer], scales[layer],
-                           offsets[layer], group_ends[layer], s[6] != 0, biases[layer], p[0], floats[s[7]], s[8] != 0,
-                           s[9] != 0, integers[s[12]], addresses[s[13]], p[1], p[2],
+            layer, width = s[1], s[10]
+            out = floats[s[9]]
+            batched_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], weights[layer], scales[layer],
+                           offsets[layer], group_ends[layer], s[5] != 0, biases[layer], p[0], floats[s[6]], s[7] != 0,
+                           s[8] != 0, integers[s[11]], addresses[s[12]], p[1], p[2],
                            out.reshape((out.size // width, width)))
         elif op == SUBSAMPLE_PAD:
             _subsample_pad(floats[s[1]].reshape((s[3], s[4], s[5], s[6])), s[7], s[8], floats[s[2]])

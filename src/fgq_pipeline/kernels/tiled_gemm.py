@@ -11,9 +11,12 @@ multiply by the filter's scale-of-scales), which is what makes it as fast as one
 
 Two kernels read the layout:
 
-* batched (any number of rows): weights decoded to int8 {-1, 0, +1} at load, 8 input rows per
-  step so each weight vector feeds 8 dot products (8 int32 and 8 fp32 accumulators in registers).
-  Rows run in chunks of 64, each chunk against one tile, chunks and tiles in parallel.
+* batched (any number of rows): weights decoded to int8 {-1, 0, +1} at load. Tiles run in pairs,
+  6 input rows per step: each input quad loaded feeds both tiles and each weight vector 6 rows (24
+  int32 and 24 fp32 accumulators in registers; 8 loads per 12 dot products where one tile at a time
+  needed 9 per 8). An odd last tile runs alone, 8 rows per step. Each quad's input offset comes from
+  a table (``quad_offsets``), so a convolution's kernel positions cost no loop of their own. Rows
+  run in chunks of 64, each chunk against one pair, chunks and pairs in parallel.
 * GEMV (fewer than GEMV_MAX_ROWS rows, ternary layers): the 2-bit codes themselves, in the order
   :func:`.simd.decode_codes` expands in registers, so a batch-1 layer reads 2 bits per weight and
   not 8; four tiles at a time keep four independent accumulator chains busy.
@@ -65,7 +68,8 @@ from .simd import (
 
 QUAD = CODES_PER_BYTE  # reduction positions per dot4 lane (vpdpbusd sums 4 products)
 TILE = LANES  # outputs per tile
-ROW_BLOCK = 8  # rows per step of the batched kernel (unrolled below)
+ROW_BLOCK = 8  # rows per step of the batched kernel on a single tile (unrolled below)
+PAIR_ROW_BLOCK = 6  # rows per step on a pair of tiles
 ROW_CHUNK = 64  # rows per parallel task: the tile's weights stay in L1/L2 across its steps
 TILE_GROUP = 4  # tiles per GEMV task (unrolled below); scales, offsets and codes are stored per group of 4
 GROUP_LANES = TILE_GROUP * TILE
@@ -76,76 +80,120 @@ NO_INTEGERS = np.empty(0, dtype=np.uint8)  # and "no requantized outputs"
 
 
 @njit(cache=True, parallel=True)
-def batched_kernel(x_flat, row_starts, position_shifts, position_quads, weights, scales, offsets, group_ends, signed,
-                   bias, act_scale, residual, relu, keep_floats, integers, integer_starts, next_scale, next_max, out):
-    """Row m's reduction position j (quad q = j / 4, kernel position p = q / ``position_quads``) is
-    ``x_flat[row_starts[m] + position_shifts[p] + j]``: a matrix's rows (one position), or a padded
-    NHWC image read in place by a convolution (implicit GEMM: no im2col columns are written).
+def batched_kernel(x_flat, row_starts, quad_offsets, weights, scales, offsets, group_ends, signed, bias, act_scale,
+                   residual, relu, keep_floats, integers, integer_starts, next_scale, next_max, out):
+    """Row m's quad q (reduction positions 4q..4q+3) is the 4 bytes at ``x_flat[row_starts[m] +
+    quad_offsets[q]:]``: a matrix's rows (offsets 4q), or a padded NHWC image read in place by a
+    convolution (implicit GEMM: no im2col columns are written).
     ``residual`` (fp32, flat, laid out like ``out``; empty: none) is added to the outputs and ``relu``
     applied as they are stored: the graph's add and ReLU after the layer, without another pass.
     ``integers`` (uint8, flat; empty: none): the outputs also stored as the next layer's unsigned input,
     row m's at ``integer_starts[m]``, rounded to steps of ``next_scale`` up to ``next_max``; the fp32
-    outputs only if ``keep_floats``."""
+    outputs only if ``keep_floats``.
+
+    Tiles run in pairs (an odd last tile alone): each input quad loaded feeds both tiles' dot
+    products, which takes the loads per ``dot4`` from 9 in 8 to 8 in 12."""
     rows = row_starts.shape[0]
     tiles = weights.shape[0]
+    pairs = (tiles + 1) // 2
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
     width = out.shape[1]
     add_residual, requantize = residual.size > 0, integers.size > 0  # empty arrays: one compiled variant
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
     out_flat = out.ravel()
-    for task in prange(chunks * tiles):
-        chunk, tile = task // tiles, task % tiles
-        w, s, c = weights[tile].ravel(), scales[tile].ravel(), offsets[tile].ravel()
-        for r in range(chunk * ROW_CHUNK, min((chunk + 1) * ROW_CHUNK, rows), ROW_BLOCK):
-            # rows past the end repeat the last row; their results are not stored
-            x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
-            x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
-            x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
-            x6, x7 = row_starts[min(r + 6, rows - 1)], row_starts[min(r + 7, rows - 1)]
-            f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
-            f4, f5, f6, f7 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
-            start = 0
-            for g in range(group_ends.shape[0]):
-                a0, a1, a2, a3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                a4, a5, a6, a7 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                segment, end = start, group_ends[g]
-                while segment < end:  # the group's quads, one kernel position at a time
-                    position = segment // position_quads
-                    stop = min(end, (position + 1) * position_quads)
-                    shift = position_shifts[position]
-                    y0, y1, y2, y3 = x0 + shift, x1 + shift, x2 + shift, x3 + shift
-                    y4, y5, y6, y7 = x4 + shift, x5 + shift, x6 + shift, x7 + shift
-                    for q in range(segment, stop):
-                        wq, j = load_bytes(w, q * BYTES), q * QUAD
-                        a0 = dot4(a0, broadcast_quad(x_flat, y0 + j), wq)
-                        a1 = dot4(a1, broadcast_quad(x_flat, y1 + j), wq)
-                        a2 = dot4(a2, broadcast_quad(x_flat, y2 + j), wq)
-                        a3 = dot4(a3, broadcast_quad(x_flat, y3 + j), wq)
-                        a4 = dot4(a4, broadcast_quad(x_flat, y4 + j), wq)
-                        a5 = dot4(a5, broadcast_quad(x_flat, y5 + j), wq)
-                        a6 = dot4(a6, broadcast_quad(x_flat, y6 + j), wq)
-                        a7 = dot4(a7, broadcast_quad(x_flat, y7 + j), wq)
-                    segment = stop
-                gs = g * TILE
-                if signed:
-                    a0, a1, a2, a3 = int_sub(a0, c, gs), int_sub(a1, c, gs), int_sub(a2, c, gs), int_sub(a3, c, gs)
-                    a4, a5, a6, a7 = int_sub(a4, c, gs), int_sub(a5, c, gs), int_sub(a6, c, gs), int_sub(a7, c, gs)
-                f0, f1, f2, f3 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs), add_scaled(f2, a2, s, gs), \
-                    add_scaled(f3, a3, s, gs)
-                f4, f5, f6, f7 = add_scaled(f4, a4, s, gs), add_scaled(f5, a5, s, gs), add_scaled(f6, a6, s, gs), \
-                    add_scaled(f7, a7, s, gs)
-                start = group_ends[g]
-            column = tile * TILE
-            for i, f in enumerate((f0, f1, f2, f3, f4, f5, f6, f7)):
-                if r + i < rows:
-                    y, at = affine(f, act_scale, bias, column), (r + i) * width + column
-                    if add_residual:  # the graph's add, then its ReLU, in registers
-                        y = add_loaded(y, residual, at)
-                    if relu:
-                        y = relu_lanes(y)
-                    if keep_floats:
-                        store_floats(out_flat, at, y)
-                    if requantize:
-                        store_quantized(integers, integer_starts[r + i] + column, y, next_scale, next_max)
+    for task in prange(chunks * pairs):
+        chunk, tile = task // pairs, 2 * (task % pairs)
+        first, last = chunk * ROW_CHUNK, min((chunk + 1) * ROW_CHUNK, rows)
+        if tile + 1 < tiles:  # 6 rows per step: 24 accumulators in registers (8 rows spill)
+            w, s, c = weights[tile].ravel(), scales[tile].ravel(), offsets[tile].ravel()
+            v, u, d = weights[tile + 1].ravel(), scales[tile + 1].ravel(), offsets[tile + 1].ravel()
+            for r in range(first, last, PAIR_ROW_BLOCK):
+                # rows past the end repeat the last row; their results are not stored
+                x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
+                x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
+                x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
+                f0, f1, f2, f3, f4, f5 = float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                h0, h1, h2, h3, h4, h5 = float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                start = 0
+                for g in range(group_ends.shape[0]):
+                    a0, a1, a2, a3, a4, a5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+                    b0, b1, b2, b3, b4, b5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+                    for q in range(start, group_ends[g]):
+                        wq, vq, j = load_bytes(w, q * BYTES), load_bytes(v, q * BYTES), quad_offsets[q]
+                        i0, i1, i2 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j), \
+                            broadcast_quad(x_flat, x2 + j)
+                        i3, i4, i5 = broadcast_quad(x_flat, x3 + j), broadcast_quad(x_flat, x4 + j), \
+                            broadcast_quad(x_flat, x5 + j)
+                        a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
+                        a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
+                        b0, b1, b2 = dot4(b0, i0, vq), dot4(b1, i1, vq), dot4(b2, i2, vq)
+                        b3, b4, b5 = dot4(b3, i3, vq), dot4(b4, i4, vq), dot4(b5, i5, vq)
+                    gs = g * TILE
+                    if signed:
+                        a0, a1, a2 = int_sub(a0, c, gs), int_sub(a1, c, gs), int_sub(a2, c, gs)
+                        a3, a4, a5 = int_sub(a3, c, gs), int_sub(a4, c, gs), int_sub(a5, c, gs)
+                        b0, b1, b2 = int_sub(b0, d, gs), int_sub(b1, d, gs), int_sub(b2, d, gs)
+                        b3, b4, b5 = int_sub(b3, d, gs), int_sub(b4, d, gs), int_sub(b5, d, gs)
+                    f0, f1, f2 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs), add_scaled(f2, a2, s, gs)
+                    f3, f4, f5 = add_scaled(f3, a3, s, gs), add_scaled(f4, a4, s, gs), add_scaled(f5, a5, s, gs)
+                    h0, h1, h2 = add_scaled(h0, b0, u, gs), add_scaled(h1, b1, u, gs), add_scaled(h2, b2, u, gs)
+                    h3, h4, h5 = add_scaled(h3, b3, u, gs), add_scaled(h4, b4, u, gs), add_scaled(h5, b5, u, gs)
+                    start = group_ends[g]
+                for i, f in enumerate((f0, f1, f2, f3, f4, f5, h0, h1, h2, h3, h4, h5)):
+                    row, column = r + i % PAIR_ROW_BLOCK, (tile + i // PAIR_ROW_BLOCK) * TILE
+                    if row < rows:
+                        y, at = affine(f, act_scale, bias, column), row * width + column
+                        if add_residual:  # the graph's add, then its ReLU, in registers
+                            y = add_loaded(y, residual, at)
+                        if relu:
+                            y = relu_lanes(y)
+                        if keep_floats:
+                            store_floats(out_flat, at, y)
+                        if requantize:
+                            store_quantized(integers, integer_starts[row] + column, y, next_scale, next_max)
+        else:  # an odd last tile: 8 rows per step
+            w, s, c = weights[tile].ravel(), scales[tile].ravel(), offsets[tile].ravel()
+            for r in range(first, last, ROW_BLOCK):
+                x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
+                x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
+                x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
+                x6, x7 = row_starts[min(r + 6, rows - 1)], row_starts[min(r + 7, rows - 1)]
+                f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                f4, f5, f6, f7 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                start = 0
+                for g in range(group_ends.shape[0]):
+                    a0, a1, a2, a3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
+                    a4, a5, a6, a7 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
+                    for q in range(start, group_ends[g]):
+                        wq, j = load_bytes(w, q * BYTES), quad_offsets[q]
+                        a0 = dot4(a0, broadcast_quad(x_flat, x0 + j), wq)
+                        a1 = dot4(a1, broadcast_quad(x_flat, x1 + j), wq)
+                        a2 = dot4(a2, broadcast_quad(x_flat, x2 + j), wq)
+                        a3 = dot4(a3, broadcast_quad(x_flat, x3 + j), wq)
+                        a4 = dot4(a4, broadcast_quad(x_flat, x4 + j), wq)
+                        a5 = dot4(a5, broadcast_quad(x_flat, x5 + j), wq)
+                        a6 = dot4(a6, broadcast_quad(x_flat, x6 + j), wq)
+                        a7 = dot4(a7, broadcast_quad(x_flat, x7 + j), wq)
+                    gs = g * TILE
+                    if signed:
+                        a0, a1, a2, a3 = int_sub(a0, c, gs), int_sub(a1, c, gs), int_sub(a2, c, gs), int_sub(a3, c, gs)
+                        a4, a5, a6, a7 = int_sub(a4, c, gs), int_sub(a5, c, gs), int_sub(a6, c, gs), int_sub(a7, c, gs)
+                    f0, f1, f2, f3 = add_scaled(f0, a0, s, gs), add_scaled(f1, a1, s, gs), add_scaled(f2, a2, s, gs), \
+                        add_scaled(f3, a3, s, gs)
+                    f4, f5, f6, f7 = add_scaled(f4, a4, s, gs), add_scaled(f5, a5, s, gs), add_scaled(f6, a6, s, gs), \
+                        add_scaled(f7, a7, s, gs)
+                    start = group_ends[g]
+                column = tile * TILE
+                for i, f in enumerate((f0, f1, f2, f3, f4, f5, f6, f7)):
+                    if r + i < rows:
+                        y, at = affine(f, act_scale, bias, column), (r + i) * width + column
+                        if add_residual:
+                            y = add_loaded(y, residual, at)
+                        if relu:
+                            y = relu_lanes(y)
+                        if keep_floats:
+                            store_floats(out_flat, at, y)
+                        if requantize:
+                            store_quantized(integers, integer_starts[r + i] + column, y, next_scale, next_max)
 
 
 @njit(cache=True, parallel=True)
@@ -287,9 +335,9 @@ class TiledLayer:
                          self.bias, np.float32(act_scale), out)
         else:
             row_starts = np.arange(x.shape[0], dtype=np.int64) * x.shape[1]
-            batched_kernel(x.ravel(), row_starts, np.zeros(1, dtype=np.int64), quads, self.weights, self.scales,
-                           self.offsets, self.group_ends, signed, self.bias, np.float32(act_scale), NO_FLOATS, False,
-                           True, NO_INTEGERS, row_starts, np.float32(1), np.float32(0), out)
+            batched_kernel(x.ravel(), row_starts, matrix_quad_offsets(quads), self.weights, self.scales, self.offsets,
+                           self.group_ends, signed, self.bias, np.float32(act_scale), NO_FLOATS, False, True,
+                           NO_INTEGERS, row_starts, np.float32(1), np.float32(0), out)
         return self._outputs(out)
 
     def conv(self, padded: np.ndarray, kernel_size: tuple[int, int], stride: tuple[int, int],
@@ -320,7 +368,7 @@ class TiledLayer:
         if channels % QUAD or kernel_size[0] * kernel_size[1] * channels != self.weights.shape[1] * QUAD:
             raise ValueError(f"a {kernel_size[0]}x{kernel_size[1]} convolution over {channels} channels does not "
                              f"match the layer's {self.weights.shape[1] * QUAD} reduction positions in whole quads")
-        (out_h, out_w), row_starts, shifts = conv_addressing(padded.shape, kernel_size, stride, dilation)
+        (out_h, out_w), row_starts, quad_offsets = conv_addressing(padded.shape, kernel_size, stride, dilation)
         signed = padded.dtype == np.int8
         x = padded.view(np.uint8) ^ np.uint8(SIGNED_OFFSET) if signed else padded
         out = np.empty((row_starts.shape[0], self.weights.shape[0] * TILE), dtype=np.float32)
@@ -336,7 +384,7 @@ class TiledLayer:
             integers = np.zeros((batch, out_h + 2 * pad_h, out_w + 2 * pad_w, self.out_channels), dtype=np.uint8)
             starts = padded_pixel_starts(integers.shape, pad_h, pad_w)
             next_scale, next_max = np.float32(next_input.scale), np.float32(next_input.integer_range[1])
-        batched_kernel(x.ravel(), row_starts, shifts, channels // QUAD, self.weights, self.scales, self.offsets,
+        batched_kernel(x.ravel(), row_starts, quad_offsets, self.weights, self.scales, self.offsets,
                         self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
                         integers.ravel(), starts, next_scale, next_max, out)
         floats = self._outputs(out).reshape(batch, out_h, out_w, self.out_channels) if keep_floats else None
@@ -377,9 +425,12 @@ def padded_pixel_starts(shape: tuple[int, int, int, int], pad_h: int, pad_w: int
 @lru_cache(maxsize=256)
 def conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, int], stride: tuple[int, int],
                      dilation: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
-    """Output size, each output pixel's first input byte and each kernel position's shift (minus its
-    start in the reduction order) in a padded NHWC input: computed once per shape, not per call."""
+    """Output size, each output pixel's first input byte in a padded NHWC input, and each quad's
+    offset from it (the quads in reduction order: kernel position, then channel): computed once per
+    shape, not per call. Channels in whole quads."""
     _, height, width, channels = shape
+    if channels % QUAD:
+        raise ValueError(f"the tiled kernels read whole quads of {QUAD} channels, got {channels} channels")
     (rows, cols), (dil_h, dil_w) = kernel_size, dilation
     out_h = conv_output_size(height, rows, stride[0], 0, dil_h)
     out_w = conv_output_size(width, cols, stride[1], 0, dil_w)
@@ -387,9 +438,17 @@ def conv_addressing(shape: tuple[int, int, int, int], kernel_size: tuple[int, in
         raise ValueError(f"a {rows}x{cols} kernel with dilation {dilation} does not fit a padded {height}x{width} "
                          f"input")
     positions = np.arange(rows)[:, None] * dil_h * width + np.arange(cols)[None, :] * dil_w
-    shifts = ((positions.ravel() - np.arange(rows * cols)) * channels).astype(np.int64)
-    shifts.flags.writeable = False  # shared by every call with this shape
-    return (out_h, out_w), _pixel_starts(shape, (0, 0), stride, (out_h, out_w)), shifts
+    quad_offsets = (positions.reshape(-1, 1) * channels + np.arange(0, channels, QUAD)).ravel().astype(np.int64)
+    quad_offsets.flags.writeable = False  # shared by every call with this shape
+    return (out_h, out_w), _pixel_starts(shape, (0, 0), stride, (out_h, out_w)), quad_offsets
+
+
+@lru_cache(maxsize=256)
+def matrix_quad_offsets(quads: int) -> np.ndarray:
+    """Quad q of a matrix row starts at byte 4q."""
+    offsets = np.arange(0, quads * QUAD, QUAD, dtype=np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _ternary_quads(layer: PackedLayer) -> bool:
