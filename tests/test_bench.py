@@ -18,6 +18,7 @@ from fgq_pipeline.bench import (
     time_interleaved,
     torchvision_workload,
 )
+from fgq_pipeline.bench.ceilings import INT8_WEIGHTS, kernel_ceilings
 from fgq_pipeline.bench.report import (
     NUMBA_RATE,
     RATE,
@@ -287,3 +288,31 @@ def test_weight_mac_rate_is_macs_per_median_second_per_thread(tmp_path):
     _, paths = write_bench_report(rows, machine, tmp_path)
     assert "| 5.00x | 1.00x | 2.00x | 1.50 | 9.1x |" in paths["markdown"].read_text()
     assert pd.read_csv(paths["csv"])[RATE].max() == pytest.approx(64 * 6e6 / 2e-3 / 2 / 1e9)
+
+
+def test_bounds_section_sets_each_batched_conv_against_its_ceiling(tmp_path):
+    """A layer's ceiling follows its scales and N; ceiling / torch int8 says whether a target can be met."""
+    rows = []
+    for scales, numba_ms in (("fp32", 4.0), ("int8", 1.0)):
+        for candidate, ms in ((NUMBA, numba_ms), (FP32, 10.0), (INT8, 2.0), (ORT, 4.0)):
+            rows.append({"workload": "c3", "kind": "conv", "shape": "64x64x3x3", "batch": 64, "group_size": 4,
+                         "scales": scales, "potential_speedup": 4.0, "weight_macs": 2e9, "threads": 1,
+                         "candidate": candidate, "median_ms": ms, "min_ms": ms, "max_ms": ms, "rounds": 3, "note": ""})
+    ceilings = {INT8_WEIGHTS: 1200.0, "ternary N=4, float scales": 600.0}  # torch int8 runs at 1000 G/s
+    machine = Machine("test cpu", 2, 0.0, 0.0, 0.25, compile_s=3.0, cache_load_s=0.2, ceilings=ceilings)
+    _, paths = write_bench_report(rows, machine, tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "| ternary N=4, float scales | 600.00 | 0.50x |" in markdown
+    assert "| c3 | 64 | 4 | fp32 | 500.00 | 1000.00 | 500.00 | 600.00 | 0.60x |" in markdown
+    assert "| c3 | 64 | 4 | int8 | 2000.00 | 1000.00 | 500.00 | 1200.00 | 1.20x |" in markdown
+    no_ceilings = Machine("test cpu", 2, 0.0, 0.0, 0.25, compile_s=3.0, cache_load_s=0.2)
+    _, paths = write_bench_report(rows, no_ceilings, tmp_path)
+    assert "What bounds" not in paths["markdown"].read_text()  # not measured (no AVX-512 VNNI): no section
+
+
+def test_float_updates_lower_the_ceiling_the_more_often_groups_end():
+    ceilings = kernel_ceilings(products=2 * 10**9)
+    if not ceilings:
+        pytest.skip("this CPU has no AVX-512 VNNI: the ceilings are not measured")
+    n64, n4 = ceilings["ternary N=64, float scales"], ceilings["ternary N=4, float scales"]
+    assert ceilings[INT8_WEIGHTS] > n4 and n64 > n4 > 0

@@ -13,6 +13,7 @@ import pandas as pd
 from fgq_pipeline.atomic import atomic_path, write_text_atomically
 from fgq_pipeline.render import markdown_table, new_figure, save_png
 
+from .ceilings import INT8_WEIGHTS, ceiling_label
 from .run import Machine
 from .workloads import CANDIDATES, DEFAULT_SCALES, FP32, INT8, NUMBA, ORT, TORCHVISION
 
@@ -21,6 +22,8 @@ PNG_DPI = 110
 TARGET_HEADER = ["target", "N", "scales", "threads", "required", "measured (worst case)", "met"]
 CELL_HEADER = ["workload", "shape", "batch", "N", "scales", "Numba ternary ms", "torch fp32 ms", "torch int8 ms",
                "ORT int8 ms", "vs fp32", "vs int8", "vs ORT int8", "Numba G weight-MAC/s/core", "potential"]
+BOUND_HEADER = ["workload", "batch", "N", "scales", "Numba ternary", "torch int8", "ORT int8", "ceiling",
+                "ceiling / torch int8"]
 LABELS = {NUMBA: "Numba ternary", FP32: "torch fp32", INT8: "torch int8", ORT: "ORT int8"}
 SPEEDUP_COLUMNS = {FP32: "speedup_vs_fp32", INT8: "speedup_vs_int8", ORT: "speedup_vs_ort_int8"}
 RATE = "gmac_per_s_per_core"  # G weight-MAC/s per thread of the measurement
@@ -167,12 +170,47 @@ def bench_markdown(cells: pd.DataFrame, targets: list[dict], machine: Machine, s
         "",
         markdown_table(TARGET_HEADER, [_target_cells(result) for result in targets],
                        text_columns=("target", "scales", "measured (worst case)", "met"), left="---"),
+        *bounds_section(cells, machine.ceilings),
     ]
     for threads, rows in cells.groupby("threads"):
         lines += ["", f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   markdown_table(CELL_HEADER, [_timing_cells(row) for _, row in rows.iterrows()],
                                  text_columns=("workload", "shape", "scales"), left="---")]
     return "\n".join(lines) + "\n"
+
+
+def bounds_section(cells: pd.DataFrame, ceilings: dict[str, float]) -> list[str]:
+    """The batched conv layers at the lowest thread count against the ceiling of their group structure
+    (``ceilings.py``), in G weight-MAC/s per core; empty where no ceiling was measured."""
+    threads = cells["threads"].min()
+    rows = cells[(cells["threads"] == threads) & (cells["kind"] == "conv") & (cells["batch"] > 1)]
+    if not ceilings or rows.empty:
+        return []
+    int8_ceiling = ceilings[INT8_WEIGHTS]
+    measured = []
+    for _, row in rows.iterrows():
+        ceiling = ceilings.get(ceiling_label(int(row["group_size"]), row["scales"]))
+        rates = {c: weight_mac_rate(row["weight_macs"], row[c], row["threads"]) for c in (NUMBA, INT8, ORT)}
+        measured.append([str(row["workload"]), str(row["batch"]), str(row["group_size"]), str(row["scales"]),
+                         *(_rate(rates[c]) for c in (NUMBA, INT8, ORT)), _rate(ceiling),
+                         _ratio(ceiling / rates[INT8] if ceiling is not None else float("nan"))])
+    return [
+        "", "## What bounds the batched kernels", "",
+        ("The batched kernel's own instructions with every operand in registers (no loads: `bench/ceilings.py`), "
+         "timed on this core: the most a layer can reach, by how often its groups end. At each group's end every "
+         "accumulator is converted to fp32, multiplied by its scale and added to the total (no fused "
+         "multiply-add: the float order the fake-quant model and the torch twin share), on the vector units "
+         "`vpdpbusd` runs on; an int8 layer, or ternary codes with int8 scales, has one group per filter. "
+         "Where *ceiling / torch int8* is below a target, this arithmetic cannot meet it on this core."),
+        "",
+        markdown_table(["ceiling", "G MAC/s/core", "of the int8 ceiling"],
+                       [[label, _rate(rate), f"{rate / int8_ceiling:.2f}x"] for label, rate in ceilings.items()],
+                       text_columns=("ceiling",), left="---"),
+        "",
+        f"Batched conv layers, {threads} thread{'s' if threads > 1 else ''}, G weight-MAC/s/core:",
+        "",
+        markdown_table(BOUND_HEADER, measured, text_columns=("workload", "scales"), left="---"),
+    ]
 
 
 def _target_cells(result: dict) -> list[str]:

@@ -7,7 +7,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numba
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from fgq_pipeline.kernels.scales import SCALE_DTYPES
 
+from .ceilings import kernel_ceilings
 from .compile_time import compile_and_cache_load_seconds
 from .timing import background_cpus, time_interleaved
 from .workloads import (
@@ -102,6 +103,7 @@ class Machine:
     max_background_cpus: float
     compile_s: float
     cache_load_s: float
+    ceilings: Mapping[str, float] = field(default_factory=dict)  # G MAC/s per core, see ceilings.py
     numba: str = numba.__version__
     torch: str = torch.__version__
 
@@ -149,6 +151,7 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
     """One row per (workload, batch, group size, thread count, candidate), and the machine's state."""
     before = check_idle(settings, "before")
     compile_s, cache_load_s = compile_and_cache_load_seconds()
+    ceilings = kernel_ceilings()
     rows = []
     builders = list(workloads(settings))
     with warnings.catch_warnings():
@@ -161,7 +164,7 @@ def run_benchmark(settings: BenchSettings) -> tuple[list[dict], Machine]:
                 rows += [_row(workload, threads, candidate, timings.get(candidate)) for candidate in CANDIDATES]
     after = check_idle(settings, "after")
     machine = Machine(_cpu_name(), os.cpu_count() or 1, before, after, settings.max_background_cpus,
-                      compile_s, cache_load_s)
+                      compile_s, cache_load_s, ceilings)
     return rows, machine
 
 
