@@ -118,4 +118,7 @@ def _session(model: bytes, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle pool threads would spin for a while after each run, taking the cores from the candidate
+    # timed next (at 2 threads that made other candidates up to 10x slower in interleaved rounds).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -83,7 +83,7 @@ class ReconstructConfig:
     iterations: int = 1000
     batch_size: int = 32
     lr: float = 0.1
-    scale_lr: float = 1e-3
+    scale_lr: float = 1e-2
     drop_prob: float = 0.5
     warmup: float = 0.2
     beta_start: float = 20.0
