@@ -12,8 +12,8 @@ multiply by the filter's scale-of-scales), which is what makes it as fast as one
 Two kernels read the layout:
 
 * batched (any number of rows): weights decoded to int8 {-1, 0, +1} at load. Tiles run in pairs,
-  6 input rows per step: each input quad loaded feeds both tiles and each weight vector 6 rows (24
-  int32 and 24 fp32 accumulators in registers; 8 loads per 12 dot products where one tile at a time
+  6 input rows per step: each input quad loaded feeds both tiles and each weight vector 6 rows (12
+  int32 and 12 fp32 accumulators in registers; 8 loads per 12 dot products where one tile at a time
   needed 9 per 8). An odd last tile runs alone, 8 rows per step. Each quad's input offset comes from
   a table (``quad_offsets``), so a convolution's kernel positions cost no loop of their own. Rows
   run in chunks of 64, each chunk against one pair, chunks and pairs in parallel.
