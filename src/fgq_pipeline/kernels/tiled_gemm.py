@@ -75,6 +75,7 @@ TILE_GROUP = 4  # tiles per GEMV task (unrolled below); scales, offsets and code
 GROUP_LANES = TILE_GROUP * TILE
 GEMV_MAX_ROWS = 3  # fewer rows read the 2-bit codes, more the int8 weights (about even at 3 rows)
 SIGNED_OFFSET = 128  # int8 activations x are fed as the unsigned bytes x + 128
+QUAD_BYTES = np.uint64(BYTES)  # one quad's weight vector, as the unsigned loops index it
 NO_FLOATS = np.empty(0, dtype=np.float32)  # the batched kernel's "no residual"
 NO_INTEGERS = np.empty(0, dtype=np.uint8)  # and "no requantized outputs"
 
@@ -111,14 +112,18 @@ def batched_kernel(x_flat, row_starts, quad_offsets, weights, scales, offsets, g
                 x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
                 x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
                 x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
-                f0, f1, f2, f3, f4, f5 = float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros()
-                h0, h1, h2, h3, h4, h5 = float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                f0, f1, f2, f3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                f4, f5 = float_zeros(), float_zeros()
+                h0, h1, h2, h3 = float_zeros(), float_zeros(), float_zeros(), float_zeros()
+                h4, h5 = float_zeros(), float_zeros()
                 start = 0
                 for g in range(group_ends.shape[0]):
-                    a0, a1, a2, a3, a4, a5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                    b0, b1, b2, b3, b4, b5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                    for q in range(start, group_ends[g]):
-                        wq, vq, j = load_bytes(w, q * BYTES), load_bytes(v, q * BYTES), quad_offsets[q]
+                    a0, a1, a2, a3, a4, a5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), \
+                        int_zeros()
+                    b0, b1, b2, b3, b4, b5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), \
+                        int_zeros()
+                    for q in range(np.uint64(start), np.uint64(group_ends[g])):  # unsigned: no wraparound check
+                        wq, vq, j = load_bytes(w, q * QUAD_BYTES), load_bytes(v, q * QUAD_BYTES), quad_offsets[q]
                         i0, i1, i2 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j), \
                             broadcast_quad(x_flat, x2 + j)
                         i3, i4, i5 = broadcast_quad(x_flat, x3 + j), broadcast_quad(x_flat, x4 + j), \
@@ -163,8 +168,8 @@ def batched_kernel(x_flat, row_starts, quad_offsets, weights, scales, offsets, g
                 for g in range(group_ends.shape[0]):
                     a0, a1, a2, a3 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
                     a4, a5, a6, a7 = int_zeros(), int_zeros(), int_zeros(), int_zeros()
-                    for q in range(start, group_ends[g]):
-                        wq, j = load_bytes(w, q * BYTES), quad_offsets[q]
+                    for q in range(np.uint64(start), np.uint64(group_ends[g])):
+                        wq, j = load_bytes(w, q * QUAD_BYTES), quad_offsets[q]
                         a0 = dot4(a0, broadcast_quad(x_flat, x0 + j), wq)
                         a1 = dot4(a1, broadcast_quad(x_flat, x1 + j), wq)
                         a2 = dot4(a2, broadcast_quad(x_flat, x2 + j), wq)
