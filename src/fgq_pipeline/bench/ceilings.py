@@ -36,8 +36,16 @@ from ..kernels.tiled_gemm import QUAD, TILE
 CHAINS = 12  # the batched kernel's accumulators on a pair of tiles
 PRODUCTS_PER_DOT4 = QUAD * TILE
 INT8_WEIGHTS = "int8 weights (one group per filter)"
-GROUP_QUADS = {INT8_WEIGHTS: 4096, **{f"ternary N={n}, float scales": n // QUAD for n in (64, 4)}}
 ROUNDS = 7
+
+
+def ceiling_label(group_size: int, scales: str) -> str:
+    """The ceiling a layer of N = ``group_size`` with ``scales`` answers to (at least N input channels):
+    int8 scales make it an int8 layer; fp32 and fp16 scales are both applied as fp32 by the batched kernel."""
+    return INT8_WEIGHTS if scales == "int8" else f"ternary N={group_size}, float scales"
+
+
+GROUP_QUADS = {INT8_WEIGHTS: 4096, **{ceiling_label(n, "fp32"): n // QUAD for n in (64, 4)}}
 
 
 @njit(cache=True)
@@ -89,9 +97,3 @@ def kernel_ceilings(products: int = 2 * 10**10) -> dict[str, float]:
     if not HAS_VNNI:
         return {}
     return {label: _macs_per_second(quads, products) / 1e9 for label, quads in GROUP_QUADS.items()}
-
-
-def ceiling_label(group_size: int, scales: str) -> str:
-    """The ceiling a layer of N = ``group_size`` with ``scales`` answers to (at least N input channels):
-    int8 scales make it an int8 layer; fp32 and fp16 scales are both applied as fp32 by the batched kernel."""
-    return INT8_WEIGHTS if scales == "int8" else f"ternary N={group_size}, float scales"
