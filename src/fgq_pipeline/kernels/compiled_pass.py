@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, typed
 
 from .activations import ActivationFormat, quantize_kernel
+from .direct_conv import PER_FILTER, PER_POSITION, direct_plan, per_filter_kernel, per_position_kernel
 from .graph_ops import window_sum_kernel
 from .packed import PackedLayer
 from .tiled_gemm import (
@@ -39,7 +40,9 @@ from .tiled_gemm import (
 # PARAMS float32 values:
 #   QUANTIZE       f_in, i_out, B, H, W, C, pad_h, pad_w, C_out, offset        | scale, qmin, qmax
 #   TILED          layer, i_in, a_rows, a_quad_offsets, signed, f_residual, relu, keep_floats, f_out,
-#                  width, i_out, a_out_rows                                               | act scale, next scale, next max
+#                  width, i_out, a_out_rows, direct, row_bytes         | act scale, next scale, next max
+#                  (direct: 0 for the batched kernel, else the direct 3x3 kernel's kind; a_rows and a_quad_offsets
+#                  are then its strip starts and strip rows, row_bytes the padded input's bytes per image row)
 #   SUBSAMPLE_PAD  f_in, f_out, B, H, W, C, step, pad_channels
 #   AVG_POOL       f_in, f_out, B, H, W, C, kh, kw, sh, sw                      | window area
 #   ADAPTIVE_POOL  f_in, f_out, B, H, W, C, out_h, out_w
@@ -126,6 +129,7 @@ class _Builder:
         if tiled is None or (layer.out_channels % TILE and not last):
             raise _NodeLoop
         source, (x_buffer, x_shape) = node["inputs"][0], self.values[node["inputs"][0]]
+        kind, row_bytes = 0, 0
         if layer.kind == "linear":
             if tiled.gemv is not None and self.batch < GEMV_MAX_ROWS:
                 raise _NodeLoop
@@ -145,6 +149,11 @@ class _Builder:
                                                          tiled.in_channels)
             out_hw, row_starts, quad_offsets = conv_addressing(padded[1], layer.kernel_size, layer.stride,
                                                                layer.dilation)
+            direct = direct_plan(tiled.weights, tiled.group_ends, padded[1], layer.kernel_size, layer.stride,
+                                 layer.dilation)
+            if direct is not None:
+                kind, row_starts, quad_offsets = direct
+                row_bytes = padded[1][2] * padded[1][3]
         width = tiled.weights.shape[0] * TILE
         out_shape = (self.batch, *out_hw, layer.out_channels)
         residual = self.values[node["inputs"][1]][0] if node.get("residual") else NONE
@@ -162,7 +171,7 @@ class _Builder:
         signed = layer.activation.signed
         self._step([TILED, self._layer(node["layer"]), padded[0], self._address(row_starts),
                     self._address(quad_offsets), signed, residual, node.get("relu", False), keep_floats, out_floats,
-                    width, out_integers, self._address(integer_starts)],
+                    width, out_integers, self._address(integer_starts), kind, row_bytes],
                    [layer.activation.scale, next_scale, next_max])
         if quantize_buffer is not None:
             self.free[quantize_buffer[0]].append(quantize_buffer[1])
@@ -281,12 +290,21 @@ def _run_steps(steps, params, floats, integers, addresses, weights, scales, offs
             quantize_kernel(floats[s[1]].reshape((batch, height, width, depth)), p[0], p[1], p[2], pad_h, pad_w,
                             s[10], integers[s[2]].reshape((batch, height + 2 * pad_h, width + 2 * pad_w, channels)))
         elif op == TILED:
-            layer, width = s[1], s[10]
+            layer, width, kind = s[1], s[10], s[13]
             out = floats[s[9]]
-            batched_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], weights[layer], scales[layer],
-                           offsets[layer], group_ends[layer], s[5] != 0, biases[layer], p[0], floats[s[6]], s[7] != 0,
-                           s[8] != 0, integers[s[11]], addresses[s[12]], p[1], p[2],
-                           out.reshape((out.size // width, width)))
+            out = out.reshape((out.size // width, width))
+            if kind == PER_POSITION:
+                per_position_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], s[14], weights[layer],
+                                    scales[layer], offsets[layer], s[5] != 0, biases[layer], p[0], floats[s[6]],
+                                    s[7] != 0, s[8] != 0, integers[s[11]], addresses[s[12]], p[1], p[2], out)
+            elif kind == PER_FILTER:
+                per_filter_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], s[14], weights[layer],
+                                  scales[layer], offsets[layer], s[5] != 0, biases[layer], p[0], floats[s[6]],
+                                  s[7] != 0, s[8] != 0, integers[s[11]], addresses[s[12]], p[1], p[2], out)
+            else:
+                batched_kernel(integers[s[2]], addresses[s[3]], addresses[s[4]], weights[layer], scales[layer],
+                               offsets[layer], group_ends[layer], s[5] != 0, biases[layer], p[0], floats[s[6]],
+                               s[7] != 0, s[8] != 0, integers[s[11]], addresses[s[12]], p[1], p[2], out)
         elif op == SUBSAMPLE_PAD:
             _subsample_pad(floats[s[1]].reshape((s[3], s[4], s[5], s[6])), s[7], s[8], floats[s[2]])
         elif op == AVG_POOL:

@@ -9,7 +9,7 @@ scales, as in :mod:`.ternary_gemm`; groups of 4 weights take one ``dot4`` each, 
 A ternary layer with int8 scales is an int8 layer (weights t * q, one group per filter, one fp32
 multiply by the filter's scale-of-scales), which is what makes it as fast as one.
 
-Two kernels read the layout:
+Three kernels read the layout:
 
 * batched (any number of rows): weights decoded to int8 {-1, 0, +1} at load. Tiles run in pairs,
   6 input rows per step: each input quad loaded feeds both tiles and each weight vector 6 rows (12
@@ -17,6 +17,8 @@ Two kernels read the layout:
   needed 9 per 8). An odd last tile runs alone, 8 rows per step. Each quad's input offset comes from
   a table (``quad_offsets``), so a convolution's kernel positions cost no loop of their own. Rows
   run in chunks of 64, each chunk against one pair, chunks and pairs in parallel.
+* direct 3x3 (:mod:`.direct_conv`): a conv of a single tile, 3x3 with stride 1, one group per filter
+  or per kernel position: strips of output pixels, each input quad loaded once for three kernel columns.
 * GEMV (fewer than GEMV_MAX_ROWS rows, ternary layers): the 2-bit codes themselves, in the order
   :func:`.simd.decode_codes` expands in registers, so a batch-1 layer reads 2 bits per weight and
   not 8; four tiles at a time keep four independent accumulator chains busy.
@@ -42,6 +44,7 @@ from numba import njit, prange
 
 from .activations import ActivationFormat
 from .codes import CODES_PER_BYTE, unpack_codes
+from .direct_conv import DIRECT_KERNELS, direct_plan
 from .im2col import conv_output_size
 from .operands import check_activations
 from .packed import PackedLayer, as_int8_layer
@@ -389,9 +392,16 @@ class TiledLayer:
             integers = np.zeros((batch, out_h + 2 * pad_h, out_w + 2 * pad_w, self.out_channels), dtype=np.uint8)
             starts = padded_pixel_starts(integers.shape, pad_h, pad_w)
             next_scale, next_max = np.float32(next_input.scale), np.float32(next_input.integer_range[1])
-        batched_kernel(x.ravel(), row_starts, quad_offsets, self.weights, self.scales, self.offsets,
-                        self.group_ends, signed, self.bias, np.float32(act_scale), residual, relu, keep_floats,
-                        integers.ravel(), starts, next_scale, next_max, out)
+        epilogue = (signed, self.bias, np.float32(act_scale), residual, relu, keep_floats, integers.ravel(), starts,
+                    next_scale, next_max, out)
+        direct = direct_plan(self.weights, self.group_ends, padded.shape, kernel_size, stride, dilation)
+        if direct is None:
+            batched_kernel(x.ravel(), row_starts, quad_offsets, self.weights, self.scales, self.offsets,
+                           self.group_ends, *epilogue)
+        else:
+            kind, strip_starts, strip_rows = direct
+            DIRECT_KERNELS[kind](x.ravel(), strip_starts, strip_rows, padded.shape[2] * channels, self.weights,
+                                 self.scales, self.offsets, *epilogue)
         floats = self._outputs(out).reshape(batch, out_h, out_w, self.out_channels) if keep_floats else None
         return floats, None if requantize is None else integers
 
