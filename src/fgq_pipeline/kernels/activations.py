@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .scales import FP32_MAX, FP32_MIN_NORMAL
 
@@ -67,14 +67,14 @@ class ActivationFormat:
         return integers if x.ndim == 4 else integers.reshape(x.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def quantize_kernel(x, scale, qmin, qmax, pad_h, pad_w, offset, out):
     """One pass instead of numpy's four (divide, round, clip, cast) plus a padded copy; the same
     fp32 division and round-half-to-even, so the integers are the fake-quant model's bit for bit.
     ``offset`` is added to each integer as it is stored (128: signed values as the tiled kernels'
-    unsigned bytes, :mod:`.compiled_pass`), padding (integer 0) included."""
+    unsigned bytes, :mod:`.compiled_pass`), padding (integer 0) included. Images in parallel."""
     batch, height, width, channels = x.shape
-    for b in range(batch):
+    for b in prange(batch):
         for h in range(out.shape[1]):
             row = out[b, h]
             if h < pad_h or h >= pad_h + height:

@@ -4,7 +4,7 @@ cells in row-major order, one fp32 addition at a time, as the torch twin (:mod:`
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numpy.lib.stride_tricks import sliding_window_view
 
 
@@ -84,12 +84,12 @@ def _window_sum(x: np.ndarray, kernel: list[int], stride: list[int]) -> np.ndarr
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def window_sum_kernel(x, rows, cols, stride_h, stride_w, out):
     """One Numba pass: per window the first cell, then each further cell added in row-major order
-    (one numpy pass per cell made a global pool 64 array operations)."""
+    (one numpy pass per cell made a global pool 64 array operations); images in parallel."""
     batch, out_h, out_w, channels = out.shape
-    for b in range(batch):
+    for b in prange(batch):
         for oh in range(out_h):
             for ow in range(out_w):
                 total = out[b, oh, ow]
