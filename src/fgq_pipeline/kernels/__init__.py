@@ -5,6 +5,10 @@ Runs on numpy, Numba and safetensors; only :func:`export_packed` and :func:`torc
 torch. Nothing here imports Lightning, MLflow, Hydra or DVC.
 """
 
+from .numba_cache import invalidate_if_changed
+
+invalidate_if_changed()  # before any cached kernel loads: no cached caller keeps a changed kernel
+
 from .activations import ActivationFormat
 from .int8_gemm import int8_gemm
 from .integer_net import IntegerNet
