@@ -79,6 +79,17 @@ def test_calibration_methods_give_a_scale_that_bounds_the_error(method):
     assert err[data.abs() < q.scale * 100].max() <= q.scale / 2 + 1e-6
 
 
+
+def test_activation_gradient_passes_inside_the_range_and_stops_at_saturation():
+    q = ActQuantizer(4)
+    q.start_calibration()
+    q(torch.linspace(0, 1.5, 100))
+    q.finish_calibration()
+    top = 15 * q.scale
+    x = torch.tensor([0.01, 0.26, 0.5 * float(top), float(top) - 1e-3, float(top) + 0.2, 7.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
 def test_power_of_two_scale():
     q = ActQuantizer(8, power_of_two=True)
     q.start_calibration()

@@ -32,9 +32,11 @@ def validate_calibration(method: object, percentile: object) -> None:
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Round to the integer grid and saturate; straight-through gradient inside the range."""
+    """Round to the integer grid and saturate; straight-through gradient inside the range, none for
+    saturated values (raising one beyond the range changes nothing the integer path computes)."""
+    clipped = torch.clamp(x, qmin * scale, qmax * scale)
     q = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
-    return x + (q - x).detach()
+    return clipped + (q - clipped).detach()
 
 
 class ActQuantizer(nn.Module):
