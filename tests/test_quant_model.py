@@ -44,6 +44,18 @@ def test_policy_keeps_first_and_last_layer_at_8_bit():
     assert kinds == ["ternary", "ternary", "ternary"]
 
 
+@pytest.mark.parametrize("act_bits,image_bits,expected", [(4, 8, [8, 4, 4]), (4, 2, [4, 4, 4]), (8, 4, [8, 8, 8]),
+                                                           (32, 8, [32, 32, 32])])
+def test_the_image_keeps_image_bits_when_activations_are_narrower(act_bits, image_bits, expected):
+    from fgq_pipeline.quant import reset_activation_quantizers
+
+    config = QuantConfig(act_bits=act_bits, image_bits=image_bits)
+    model = quantize_model(small_net(), config)
+    assert [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))] == expected
+    reset_activation_quantizers(model, QuantConfig(act_bits=act_bits, image_bits=image_bits))
+    assert [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))] == expected
+
+
 def test_n1_with_float_activations_reproduces_the_fp32_model():
     model = small_net()
     x = torch.randn(8, 4, 8, 8)
@@ -135,7 +147,8 @@ def test_empty_calibration_set_is_an_error():
 
 
 @pytest.mark.parametrize("field,value", [("act_bits", 1), ("act_bits", 16), ("solver", "sparse"), ("policy", "none"),
-                                         ("group_size", 0), ("act_calibration", "median")])
+                                         ("group_size", 0), ("act_calibration", "median"),
+                                         ("image_bits", 1), ("image_bits", 16)])
 def test_quant_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=repr(value)):
         QuantConfig(**{field: value})

@@ -23,6 +23,9 @@ class QuantConfig:
     as the paper does) or ternarizes them too ("ternarize_all"). ``act_bits`` 32 leaves activations
     in float. ``scale_dtype`` is how the group scales are stored (fp32, fp16, or int8 multiples of one
     fp32 scale per filter), applied in the fake-quant model so accuracy is that of what is stored.
+    ``image_bits``: the first conv's input, the image, keeps at least these bits (``act_bits`` 4 quantizes
+    the activations inside the network; image data holds 8 bits, and a normalised image is an affine
+    map of its pixels); 2 lets ``act_bits`` apply to the image too.
     ``weight_format`` "int2" / "int3" / "int4" puts the same layers on uniform grids in the same groups
     (see :mod:`.uniform`), through the same repairs: the comparison at equal bits per weight.
     The two repairs are switches because each must be measured on and off. The defaults are the
@@ -36,6 +39,7 @@ class QuantConfig:
     scale_dtype: str = "fp32"
     rounding: str = "gptq"
     act_bits: int = 8
+    image_bits: int = 8
     act_calibration: str = "mse"
     act_percentile: float = 99.99
     power_of_two_scale: bool = False
@@ -50,6 +54,8 @@ class QuantConfig:
         if self.weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {self.weight_format!r}")
         validate_act_bits(self.act_bits)
+        if isinstance(self.image_bits, bool) or not isinstance(self.image_bits, int) or not 2 <= self.image_bits <= 8:
+            raise ValueError(f"image_bits must be an integer in 2..8, got {self.image_bits!r}")
         validate_calibration(self.act_calibration, self.act_percentile)
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
@@ -58,6 +64,11 @@ class QuantConfig:
         for switch in ("power_of_two_scale", "bn_reestimate", "bias_correction"):
             if not isinstance(getattr(self, switch), bool):
                 raise ValueError(f"{switch} must be true or false, got {getattr(self, switch)!r}")
+
+    @property
+    def image_input_bits(self) -> int:
+        """Bits of the first conv's input quantizer (32: float, as ``act_bits`` 32 leaves every input)."""
+        return max(self.act_bits, self.image_bits)
 
     @property
     def uniform_bits(self) -> int | None:

@@ -22,7 +22,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     ]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
-    first = next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
+    first = _first_conv(layers)
     last = next((name for name, m in reversed(layers) if isinstance(m, nn.Linear)), None)
     bits = config.uniform_bits
     grouped = WeightFormat("ternary" if bits is None else "uniform", config.group_size, config.solver,
@@ -31,8 +31,13 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         keep_8bit = config.policy == "first_last_8bit" and name in (first, last)
         fmt = WeightFormat("int8") if keep_8bit else grouped
         swap = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-        _set_submodule(model, name, swap.from_float(module, fmt, _activation_quantizer(config)))
+        _set_submodule(model, name, swap.from_float(module, fmt, _activation_quantizer(config, name == first)))
     return model
+
+
+def _first_conv(layers: list[tuple[str, nn.Module]]) -> str | None:
+    """The first Conv2d of ``layers`` (in module order): the one that reads the image."""
+    return next((name for name, m in layers if isinstance(m, nn.Conv2d)), None)
 
 
 def reset_activation_quantizers(model: nn.Module, config: QuantConfig) -> nn.Module:
@@ -40,13 +45,16 @@ def reset_activation_quantizers(model: nn.Module, config: QuantConfig) -> nn.Mod
 
     Lets configs that differ only in activation settings share one weight-side repair.
     """
-    for _, layer in quant_layers(model):
-        layer.input_quantizer = _activation_quantizer(config)
+    layers = quant_layers(model)
+    first = _first_conv(layers)
+    for name, layer in layers:
+        layer.input_quantizer = _activation_quantizer(config, name == first)
     return model
 
 
-def _activation_quantizer(config: QuantConfig) -> ActQuantizer:
-    return ActQuantizer(config.act_bits, config.act_calibration, config.act_percentile, config.power_of_two_scale)
+def _activation_quantizer(config: QuantConfig, reads_image: bool) -> ActQuantizer:
+    bits = config.image_input_bits if reads_image else config.act_bits
+    return ActQuantizer(bits, config.act_calibration, config.act_percentile, config.power_of_two_scale)
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

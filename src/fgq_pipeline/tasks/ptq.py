@@ -25,7 +25,7 @@ from .ptq_grid import quant_config, reconstruct_config
 from .records import result_record
 from .scoring import score
 
-ACTIVATION_FIELDS = ("act_bits", "act_calibration", "act_percentile", "power_of_two_scale")
+ACTIVATION_FIELDS = ("act_bits", "image_bits", "act_calibration", "act_percentile", "power_of_two_scale")
 
 
 class PostTrainingQuantizer:

@@ -28,9 +28,11 @@ def result_record(cfg: DictConfig, quant: QuantConfig, model, datamodule, metric
 
 def run_name(quant: QuantConfig) -> str:
     """A short name for a configuration, e.g. ``N=4 A8 exact/gptq bn+bc`` (``N=4 A8 int3 fp16 ...`` for
-    uniform weights and scales stored narrower than fp32)."""
+    uniform weights and scales stored narrower than fp32, ``N=4 A4 image8 ...`` where the image keeps more
+    bits than the activations)."""
     repairs = "+".join(name for name, on in (("bn", quant.bn_reestimate), ("bc", quant.bias_correction)) if on)
     weights = "" if quant.weight_format == "ternary" else f" {quant.weight_format}"
     scales = "" if quant.scale_dtype == "fp32" else f" {quant.scale_dtype}"
-    return (f"N={quant.group_size} A{quant.act_bits}{weights}{scales} {quant.solver}/{quant.rounding}"
+    image = "" if quant.image_input_bits == quant.act_bits else f" image{quant.image_input_bits}"
+    return (f"N={quant.group_size} A{quant.act_bits}{image}{weights}{scales} {quant.solver}/{quant.rounding}"
             + (f" {repairs}" if repairs else ""))
