@@ -136,8 +136,9 @@ def test_traced_architecture_integer_net_matches_fake_quant(tmp_path, build, siz
     assert_agrees; LOGITS: all but its bound on the share of flipped activations, which AlexNet's and
     VGG's adaptive pools inflate (at these input sizes they copy each value 36 / 49 times into the
     classifier's input), and which the random-weight ResNet-18 exceeds on some CPUs (an AMD Zen3 without
-    VNNI: one flip cascading through 3 of 8 images, 3.7% of activations a step apart); PRINTED for the random-weight ResNet-50/101, where a few requantization flips
-    cascade through 50-100 layers (ResNet-50: 16% of activations a step or more apart, top-1 4 of 8)."""
+    VNNI: one flip cascading through 3 of 8 images, 3.7% of activations a step apart); PRINTED for the
+    random-weight ResNet-50/101, where a few requantization flips cascade through 50-100 layers
+    (ResNet-50: 16% of activations a step or more apart, top-1 4 of 8)."""
     start = time.perf_counter()
     model = quantized(build, size, channels)
     images = torch.randn(IMAGES, channels, size, size)

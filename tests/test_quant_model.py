@@ -49,11 +49,13 @@ def test_policy_keeps_first_and_last_layer_at_8_bit():
 def test_the_image_keeps_image_bits_when_activations_are_narrower(act_bits, image_bits, expected):
     from fgq_pipeline.quant import reset_activation_quantizers
 
+    def input_bits(model):
+        return [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+
     config = QuantConfig(act_bits=act_bits, image_bits=image_bits)
     model = quantize_model(small_net(), config)
-    assert [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))] == expected
-    reset_activation_quantizers(model, QuantConfig(act_bits=act_bits, image_bits=image_bits))
-    assert [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))] == expected
+    assert input_bits(model) == expected
+    assert input_bits(reset_activation_quantizers(model, config)) == expected
 
 
 def test_n1_with_float_activations_reproduces_the_fp32_model():

@@ -42,7 +42,8 @@ def quantized(rounding: str, seed: int = 0, settings: ReconstructConfig = SETTIN
               weight_format="ternary") -> torch.nn.Module:
     fp32 = fp32_resnet()
     # image_bits=2: the stem reads 4-bit inputs too, so every block has a quantization error to learn away
-    config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=4, image_bits=2, weight_format=weight_format)
+    config = QuantConfig(group_size=group_size, rounding=rounding, act_bits=4, image_bits=2,
+                         weight_format=weight_format)
     model = quantize_model(copy.deepcopy(fp32), config)
     return post_training_quantize(model, config, calibration(), fp32_model=fp32, reconstruct=settings, seed=seed).eval()
 
