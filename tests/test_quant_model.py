@@ -17,6 +17,7 @@ from fgq_pipeline.quant import (
     post_training_quantize,
     quantize_model,
     reestimate_batchnorm,
+    reset_activation_quantizers,
 )
 from fgq_pipeline.tasks.ptq_grid import quant_config
 
@@ -47,8 +48,6 @@ def test_policy_keeps_first_and_last_layer_at_8_bit():
 @pytest.mark.parametrize("act_bits,image_bits,expected", [(4, 8, [8, 4, 4]), (4, 2, [4, 4, 4]), (8, 4, [8, 8, 8]),
                                                            (32, 8, [32, 32, 32])])
 def test_the_image_keeps_image_bits_when_activations_are_narrower(act_bits, image_bits, expected):
-    from fgq_pipeline.quant import reset_activation_quantizers
-
     def input_bits(model):
         return [m.input_quantizer.bits for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
@@ -93,7 +92,6 @@ def test_calibration_methods_give_a_scale_that_bounds_the_error(method):
     assert err[data.abs() < q.scale * 100].max() <= q.scale / 2 + 1e-6
 
 
-
 def test_activation_gradient_passes_inside_the_range_and_stops_at_saturation():
     q = ActQuantizer(4)
     q.start_calibration()
@@ -103,6 +101,7 @@ def test_activation_gradient_passes_inside_the_range_and_stops_at_saturation():
     x = torch.tensor([0.01, 0.26, 0.5 * float(top), float(top) - 1e-3, float(top) + 0.2, 7.0], requires_grad=True)
     q(x).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
 
 def test_power_of_two_scale():
     q = ActQuantizer(8, power_of_two=True)
