@@ -9,9 +9,10 @@ from test_kernels_export import ARCHITECTURES, quantized
 
 from fgq_pipeline.kernels import IntegerNet, export_packed
 from fgq_pipeline.kernels.compiled_pass import CompiledPass
-from fgq_pipeline.kernels.simd import HAS_VNNI
+from fgq_pipeline.kernels.simd import FAST_DOT4
 
-needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="the compiled pass runs the tiled kernels: AVX-512 VNNI only")
+needs_fast_dot4 = pytest.mark.skipif(
+    not FAST_DOT4, reason="the compiled pass runs the tiled kernels: CPUs with AVX2, AVX-512BW or AVX-512 VNNI")
 # Whether each architecture runs compiled: FunctionalNet's padded average pool needs the node loop.
 COMPILES = {"digits_cnn": True, "cifar_resnet8": True, "functional": False, "alexnet_narrow": True,
             "resnet18": True}
@@ -22,7 +23,7 @@ class NodeLoopNet(IntegerNet):
     node_by_node = True
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("build, size, channels, free_running", CASES)
 def test_compiled_pass_gives_the_node_loops_outputs(tmp_path, request, build, size, channels, free_running):
     """Batches of 9 (a partial block of 8 rows), 2 and 1 (where the node loop's linears take the
@@ -46,7 +47,7 @@ def test_compiled_pass_gives_the_node_loops_outputs(tmp_path, request, build, si
             assert not compiled[1] and not compiled[2]
 
 
-@needs_vnni
+@needs_fast_dot4
 def test_a_compiled_pass_runs_only_the_shape_it_was_built_for(tmp_path):
     model = quantized(*ARCHITECTURES[1].values[:3])
     net = IntegerNet.load(export_packed(model, tmp_path / "net.fgq"))

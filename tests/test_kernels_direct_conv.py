@@ -15,12 +15,12 @@ from fgq_pipeline.kernels.direct_conv import (
 )
 from fgq_pipeline.kernels.tiled_gemm import TiledLayer, batched_kernel, conv_addressing, padded_pixel_starts
 
-from test_kernels_implicit_conv import needs_vnni, ternary_conv, through_im2col
+from test_kernels_implicit_conv import needs_fast_dot4, ternary_conv, through_im2col
 
 SAME_3X3 = ((3, 3), (1, 1), (1, 1), (1, 1))  # kernel, stride, padding, dilation
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("width", [5, 6, 7, 13, 16, 17])  # narrower than a strip, one strip, a shifted last strip
 @pytest.mark.parametrize("channels, group_size, scale_dtype, kind", [
     (16, 64, "fp32", PER_POSITION), (32, 32, "fp16", PER_POSITION), (16, 4, "int8", PER_FILTER),
@@ -43,7 +43,7 @@ def test_direct_kernels_compute_the_im2col_gemm_bit_for_bit(width, channels, gro
     np.testing.assert_array_equal(in_place, through_im2col(layer, tiled, x))
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("channels, group_size, scale_dtype", [(16, 64, "fp32"), (16, 8, "int8")])
 def test_direct_epilogue_stores_what_the_batched_kernel_stores(channels, group_size, scale_dtype):
     """Residual, ReLU, float and requantized outputs, with the rows of shifted strips written twice."""

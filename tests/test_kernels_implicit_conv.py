@@ -10,10 +10,11 @@ from fgq_pipeline.kernels.graph_ops import add, relu
 from fgq_pipeline.kernels.im2col import im2col
 from fgq_pipeline.kernels.int8_gemm import int8_gemm
 from fgq_pipeline.kernels.packed import with_quad_channels
-from fgq_pipeline.kernels.simd import HAS_VNNI
+from fgq_pipeline.kernels.simd import FAST_DOT4
 from fgq_pipeline.kernels.tiled_gemm import TiledLayer
 
-needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="the tiled kernels run only on CPUs with AVX-512 VNNI")
+needs_fast_dot4 = pytest.mark.skipif(
+    not FAST_DOT4, reason="the tiled kernels run only on CPUs with AVX2, AVX-512BW or AVX-512 VNNI")
 
 GEOMETRIES = [  # (kernel, stride, padding, dilation, height, width)
     ((3, 3), (1, 1), (1, 1), (1, 1), 9, 7), ((3, 3), (2, 2), (1, 1), (1, 1), 8, 8), ((1, 1), (2, 2), (0, 0), (1, 1), 6, 5),
@@ -37,7 +38,7 @@ def through_im2col(layer, tiled, x):
     return tiled.gemm(columns, layer.activation.scale).reshape(x.shape[0], out_h, out_w, layer.out_channels)
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("kernel, stride, padding, dilation, height, width", GEOMETRIES)
 @pytest.mark.parametrize("group_size, scale_dtype", [(4, "fp32"), (8, "fp16"), (64, "fp32"), (4, "int8")])
 @pytest.mark.parametrize("bits, signed", [(8, False), (8, True), (4, False)])
@@ -53,7 +54,7 @@ def test_conv_read_in_place_equals_the_im2col_gemm(kernel, stride, padding, dila
         np.testing.assert_array_equal(in_place, through_im2col(layer, tiled, x))
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("filters", [16, 24])  # whole tiles, and a partial tile (padded residual columns)
 def test_fused_add_and_relu_equal_the_graph_ops_after_the_layer(filters):
     rng = np.random.default_rng(filters)
@@ -82,7 +83,7 @@ def test_quantize_pads_rows_columns_and_channels_with_integer_zero():
         activation.quantize(x, channels=2)
 
 
-@needs_vnni
+@needs_fast_dot4
 def test_rgb_stem_padded_to_four_channels_computes_the_same_outputs():
     rng = np.random.default_rng(3)
     weights = rng.integers(-127, 128, (16, 3, 3, 3)).astype(np.int8)
@@ -129,7 +130,7 @@ def test_fusion_folds_conv_add_relu_chains_and_leaves_shared_values_alone():
     ]
 
 
-@needs_vnni
+@needs_fast_dot4
 @pytest.mark.parametrize("bits, padding", [(8, (1, 1)), (4, (0, 0))])
 def test_requantized_outputs_are_what_the_next_layer_would_round_them_to(bits, padding):
     rng = np.random.default_rng(bits)

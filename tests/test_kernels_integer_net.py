@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from conftest import CIFAR10, RESNET20, needs_shared
 
 from fgq_pipeline.kernels import IntegerNet, bits_per_weight, export_packed, load_packed
-from fgq_pipeline.kernels.simd import HAS_VNNI
+from fgq_pipeline.kernels.simd import FAST_DOT4
 from fgq_pipeline.models import CifarResNet, DigitsCNN, load_weights
 from fgq_pipeline.quant import (
     QuantConfig,
@@ -156,7 +156,7 @@ def test_batch_one_on_the_2_bit_gemv_kernel_gives_the_large_batch_logits(digits,
     their int8-decoded weights (batched kernel)."""
     model = quantized_digits(digits, QuantConfig(group_size=64, act_bits=8))
     net = IntegerNet.load(export_packed(model, tmp_path / "digits.safetensors"))
-    if HAS_VNNI:  # elsewhere every layer takes the general kernels, whose row and batched paths this compares
+    if FAST_DOT4:  # elsewhere every layer takes the general kernels, whose row and batched paths this compares
         assert any(tiled.gemv is not None for tiled in net._tiled.values()), "no ternary layer took the tiled kernels"
     images = digits[1].test_images[:20].numpy()
     one_at_a_time = np.concatenate([net(images[i:i + 1]) for i in range(len(images))])

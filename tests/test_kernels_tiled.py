@@ -11,10 +11,12 @@ from fgq_pipeline.kernels.int8_gemm import int8_gemm
 from fgq_pipeline.kernels.packed import as_int8_layer
 from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
 from fgq_pipeline.kernels.simd import (
-    HAS_VNNI,
     add_scaled,
     affine,
     dot4_generic,
+    dot4_lowering,
+    dot4_madd256,
+    dot4_madd512,
     dot4_vnni,
     float_zeros,
     int_add_scaled,
@@ -199,16 +201,21 @@ def _dot4_as_floats(dot4):
     return run
 
 
-@pytest.mark.parametrize("lowering", ["generic", "vnni"])
+DOT4_LOWERINGS = {"generic": (dot4_generic, None), "vnni": (dot4_vnni, "avx512vnni"),
+                  "madd512": (dot4_madd512, "avx512bw"), "madd256": (dot4_madd256, "avx2")}
+
+
+@pytest.mark.parametrize("lowering", DOT4_LOWERINGS)
 def test_dot4_lowerings_compute_exact_sums_of_four_products(lowering):
-    if lowering == "vnni" and not HAS_VNNI:
-        pytest.skip("Numba's target CPU has no AVX-512 VNNI")
+    dot4, feature = DOT4_LOWERINGS[lowering]
+    if feature is not None and not target_has(feature):
+        pytest.skip(f"Numba's target CPU has no {feature}")
     rng = np.random.default_rng(9)
     unsigned_bytes = rng.integers(0, 256, 64).astype(np.uint8)
     signed_bytes = rng.integers(-128, 128, 64).astype(np.int8)
     unsigned_bytes[:8], signed_bytes[:4], signed_bytes[4:8] = 255, -128, 127  # the extreme lanes 0 and 1
     out = np.empty(16, np.float32)
-    run = _dot4_as_floats(dot4_vnni if lowering == "vnni" else dot4_generic)
+    run = _dot4_as_floats(dot4)
     run(unsigned_bytes, signed_bytes, np.ones(16, np.float32), np.zeros(16, np.float32), out)
     expected = (unsigned_bytes.astype(np.int64) * signed_bytes).reshape(16, 4).sum(axis=1)
     assert expected[0] == 4 * 255 * -128
@@ -225,3 +232,17 @@ def test_a_pinned_numba_target_decides_whether_vpdpbusd_is_used(monkeypatch, cpu
     monkeypatch.setattr(config, "CPU_NAME", cpu_name)
     monkeypatch.setattr(config, "CPU_FEATURES", features)
     assert target_has("avx512vnni") is expected
+
+
+@pytest.mark.parametrize("features, expected", [
+    (None, (dot4_generic, False)), ("+avx2", (dot4_madd256, True)), ("+avx2,+avx512f,+avx512bw", (dot4_madd512, True)),
+    ("+avx2,+avx512f,+avx512bw,+avx512vnni", (dot4_vnni, True)),
+])
+def test_dot4_takes_the_best_instruction_of_the_target_and_only_a_fast_one_opens_the_tiled_kernels(
+        monkeypatch, features, expected):
+    """Without AVX2 the plain-IR dot4 is slower than the general kernels; with it, vpmaddwd is not."""
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert dot4_lowering() == expected

@@ -26,7 +26,7 @@ from .im2col import im2col
 from .int8_gemm import int8_gemm
 from .packed import PackedLayer, as_int8_layer, with_quad_channels
 from .packed_file import PackedModel, load_packed
-from .simd import HAS_VNNI
+from .simd import FAST_DOT4
 from .ternary_gemm import ternary_gemm
 from .tiled_gemm import QUAD, TILE, TiledLayer
 
@@ -48,7 +48,7 @@ class IntegerNet:
         quads = {name: with_quad_channels(layer) for name, layer in self.layers.items()}  # RGB stems: 4 channels
         self._tiled = {  # layers whose groups are whole quads run on the tiled kernels, re-laid out once here
             name: TiledLayer.from_packed(layer) for name, layer in quads.items()
-            if HAS_VNNI and TiledLayer.supports(layer)  # without VNNI they are about 10x slower (kernels README)
+            if FAST_DOT4 and TiledLayer.supports(layer)  # with plain-IR dot4 about 10x slower (kernels README)
         }
         self._general = {  # the rest, int8-scale ternary layers as the int8 layers they define
             name: as_int8_layer(layer) for name, layer in self.layers.items() if name not in self._tiled

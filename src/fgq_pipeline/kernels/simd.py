@@ -6,9 +6,10 @@ instruction): the earlier kernels peaked at about 27 G weights/s per core. These
 LLVM explicit vectors instead. Two Numba types carry an LLVM ``<16 x i32>`` or ``<16 x float>``
 through ordinary ``@njit`` code (locals, loop-carried values), so accumulators stay in registers.
 
-:func:`dot4` lowers to ``vpdpbusd`` where the CPU has AVX-512 VNNI and to plain vector IR (widen,
-multiply, add the four products of each lane) everywhere else; both compute the same exact int32
-sums. Indices are element offsets into C-contiguous 1-d arrays; the callers' operand checks keep
+:func:`dot4` lowers to ``vpdpbusd`` where the CPU has AVX-512 VNNI; without it, on AVX-512BW or AVX2,
+to two ``vpmaddwd`` of the lanes' even and odd bytes widened in place to 16 bits (:func:`_dot4_madd`);
+elsewhere to plain vector IR (widen, multiply, add the four products of each lane). All compute
+the same exact int32 sums. Indices are element offsets into C-contiguous 1-d arrays; the callers' operand checks keep
 every load in bounds, as for the other kernels.
 """
 
@@ -148,6 +149,38 @@ def _dot4_generic(builder, acc, unsigned_bytes, signed_bytes):
     return builder.add(acc, builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3])))
 
 
+def _dot4_madd(builder, acc, unsigned_bytes, signed_bytes, wide=True):
+    """Each int32 lane holds bytes x0..x3; as two 16-bit words those are (x1:x0, x3:x2). Masking
+    (unsigned) or shifting left and back (signed) leaves (x0, x2) widened in place, a right shift
+    (x1, x3); ``vpmaddwd`` of the low halves gives x0*y0 + x2*y2, of the high halves x1*y1 + x3*y3.
+    Every product of a byte and a byte fits 16 bits and every pair sum 32, so the sums are exact for
+    any operands (``vpmaddubsw`` would saturate). The shifts of a weight vector reused across rows
+    are computed once by LLVM. ``wide``: one 512-bit ``vpmaddwd`` (AVX-512BW), else two 256-bit (AVX2).
+    """
+    words = ir.VectorType(_I16, BYTES // 2)
+    eight = ir.Constant(words, [8] * (BYTES // 2))
+    u, s = builder.bitcast(unsigned_bytes, words), builder.bitcast(signed_bytes, words)
+    u_even, u_odd = builder.and_(u, ir.Constant(words, [0xFF] * (BYTES // 2))), builder.lshr(u, eight)
+    s_even, s_odd = builder.ashr(builder.shl(s, eight), eight), builder.ashr(s, eight)
+    return builder.add(acc, builder.add(_madd(builder, u_even, s_even, wide), _madd(builder, u_odd, s_odd, wide)))
+
+
+def _madd(builder, a, b, wide):
+    """``vpmaddwd`` over 32 words: 16 int32 sums of adjacent products."""
+    if wide:
+        signature = ir.FunctionType(_INT_VECTOR, [a.type, b.type])
+        return builder.call(cgutils.get_or_insert_function(builder.module, signature, "llvm.x86.avx512.pmaddw.d.512"),
+                            [a, b])
+    half_words, half_ints = ir.VectorType(_I16, LANES), ir.VectorType(_I32, LANES // 2)
+    pmaddwd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(half_ints, [half_words, half_words]),
+                                             "llvm.x86.avx2.pmadd.wd")
+    halves = []
+    for start in (0, LANES):
+        pick = ir.Constant(ir.VectorType(_I32, LANES), list(range(start, start + LANES)))
+        halves.append(builder.call(pmaddwd, [builder.shuffle_vector(a, a, pick), builder.shuffle_vector(b, b, pick)]))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_INT_VECTOR, list(range(LANES))))
+
+
 def _dot4_intrinsic(lower):
     def dot4(typingctx, acc, unsigned_bytes, signed_bytes):
         def codegen(context, builder, sig, args):
@@ -159,10 +192,23 @@ def _dot4_intrinsic(lower):
 
 
 dot4_vnni = _dot4_intrinsic(_dot4_vnni)
+dot4_madd512 = _dot4_intrinsic(lambda builder, *args: _dot4_madd(builder, *args, wide=True))
+dot4_madd256 = _dot4_intrinsic(lambda builder, *args: _dot4_madd(builder, *args, wide=False))
 dot4_generic = _dot4_intrinsic(_dot4_generic)
 # dot4(acc, a, b)[i] = acc[i] + sum_q u8(a[4i + q]) * s8(b[4i + q]) for the 16 lanes i: exact int32
-# (vpdpbusd does not saturate), the same sums on either path.
-dot4 = dot4_vnni if HAS_VNNI else dot4_generic
+# (neither vpdpbusd nor vpmaddwd saturates), the same sums on every path.
+
+
+def dot4_lowering():
+    """The fastest exact ``dot4`` the target CPU has an instruction for, and whether it is fast enough for
+    the tiled kernels to beat the general ones (the plain-IR lowering is not: kernels README)."""
+    for feature, lowering in (("avx512vnni", dot4_vnni), ("avx512bw", dot4_madd512), ("avx2", dot4_madd256)):
+        if target_has(feature):
+            return lowering, True
+    return dot4_generic, False
+
+
+dot4, FAST_DOT4 = dot4_lowering()
 
 
 @intrinsic

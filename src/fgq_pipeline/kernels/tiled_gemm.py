@@ -1,4 +1,4 @@
-"""Ternary and int8 GEMM on 16-output tiles with 4-byte dot products (AVX-512 VNNI ``vpdpbusd``).
+"""Ternary and int8 GEMM on 16-output tiles with 4-byte dot products (``vpdpbusd``, or ``vpmaddwd``: simd.py).
 
 A layer is re-laid out once, when :class:`~.integer_net.IntegerNet` loads it: tile t holds outputs
 16t..16t+15, and for each quad q of 4 consecutive reduction positions one 64-byte vector holds
