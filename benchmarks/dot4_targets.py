@@ -29,7 +29,8 @@ LOWERINGS = ("dot4_vnni", "dot4_madd512", "dot4_madd256", "dot4_generic")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=30, help="timed calls per kernel choice at batch 1 (a fifth at 64)")
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="timed calls per kernel choice at batch 1 (a fifth of them at batch 64)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lowering, fast = simd.dot4_lowering()

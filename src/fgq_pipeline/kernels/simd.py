@@ -9,8 +9,8 @@ through ordinary ``@njit`` code (locals, loop-carried values), so accumulators s
 :func:`dot4` lowers to ``vpdpbusd`` where the CPU has AVX-512 VNNI; without it, on AVX-512BW or AVX2,
 to two ``vpmaddwd`` of the lanes' even and odd bytes widened in place to 16 bits (:func:`_dot4_madd`);
 elsewhere to plain vector IR (widen, multiply, add the four products of each lane). All compute
-the same exact int32 sums. Indices are element offsets into C-contiguous 1-d arrays; the callers' operand checks keep
-every load in bounds, as for the other kernels.
+the same exact int32 sums. Indices are element offsets into C-contiguous 1-d arrays; the callers'
+operand checks keep every load in bounds, as for the other kernels.
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def _dot4_madd(builder, acc, unsigned_bytes, signed_bytes, wide=True):
     (unsigned) or shifting left and back (signed) leaves (x0, x2) widened in place, a right shift
     (x1, x3); ``vpmaddwd`` of the low halves gives x0*y0 + x2*y2, of the high halves x1*y1 + x3*y3.
     Every product of a byte and a byte fits 16 bits and every pair sum 32, so the sums are exact for
-    any operands (``vpmaddubsw`` would saturate). The shifts of a weight vector reused across rows
-    are computed once by LLVM. ``wide``: one 512-bit ``vpmaddwd`` (AVX-512BW), else two 256-bit (AVX2).
+    any operands (``vpmaddubsw`` would saturate). ``wide``: one 512-bit ``vpmaddwd`` (AVX-512BW), else
+    two 256-bit ones (AVX2).
     """
     words = ir.VectorType(_I16, BYTES // 2)
     eight = ir.Constant(words, [8] * (BYTES // 2))
