@@ -23,7 +23,6 @@ from fgq_pipeline.bench.workloads import NUMBA, network_workload
 from fgq_pipeline.kernels import integer_net, simd
 
 CHECKPOINT = "../shared/models/cifar10/resnet20-12fca82f.th"  # random weights where it is absent
-LOWERINGS = ("dot4_vnni", "dot4_madd512", "dot4_madd256", "dot4_generic")
 
 
 def main() -> None:
@@ -34,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     lowering, fast = simd.dot4_lowering()
-    name = next(name for name in LOWERINGS if getattr(simd, name) is lowering)
-    print(f"dot4 on this target: {name} (tiled kernels {'on' if fast else 'off'})")
+    feature = next((feature for feature, fast_lowering in simd.FAST_LOWERINGS if fast_lowering is lowering), None)
+    print(f"dot4 on this target: {feature or 'plain vector IR'} (tiled kernels {'on' if fast else 'off'})")
     for batch in (1, 64):
         tiled = network_workload(20, batch, args.group_size, CHECKPOINT).candidates[NUMBA]
         integer_net.FAST_DOT4 = False  # the next net loads every layer on the general kernels

@@ -13,6 +13,7 @@ from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternar
 from fgq_pipeline.kernels.simd import (
     add_scaled,
     affine,
+    FAST_LOWERINGS,
     dot4_generic,
     dot4_lowering,
     dot4_madd256,
@@ -201,13 +202,12 @@ def _dot4_as_floats(dot4):
     return run
 
 
-DOT4_LOWERINGS = {"generic": (dot4_generic, None), "vnni": (dot4_vnni, "avx512vnni"),
-                  "madd512": (dot4_madd512, "avx512bw"), "madd256": (dot4_madd256, "avx2")}
+DOT4_LOWERINGS = {feature: lowering for feature, lowering in FAST_LOWERINGS} | {None: dot4_generic}
 
 
-@pytest.mark.parametrize("lowering", DOT4_LOWERINGS)
-def test_dot4_lowerings_compute_exact_sums_of_four_products(lowering):
-    dot4, feature = DOT4_LOWERINGS[lowering]
+@pytest.mark.parametrize("feature", DOT4_LOWERINGS)
+def test_dot4_lowerings_compute_exact_sums_of_four_products(feature):
+    dot4 = DOT4_LOWERINGS[feature]
     if feature is not None and not target_has(feature):
         pytest.skip(f"Numba's target CPU has no {feature}")
     rng = np.random.default_rng(9)

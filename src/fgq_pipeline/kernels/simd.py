@@ -197,12 +197,13 @@ dot4_madd256 = _dot4_intrinsic(lambda builder, *args: _dot4_madd(builder, *args,
 dot4_generic = _dot4_intrinsic(_dot4_generic)
 # dot4(acc, a, b)[i] = acc[i] + sum_q u8(a[4i + q]) * s8(b[4i + q]) for the 16 lanes i: exact int32
 # (neither vpdpbusd nor vpmaddwd saturates), the same sums on every path.
+FAST_LOWERINGS = (("avx512vnni", dot4_vnni), ("avx512bw", dot4_madd512), ("avx2", dot4_madd256))  # best first
 
 
 def dot4_lowering():
     """The fastest exact ``dot4`` the target CPU has an instruction for, and whether it is fast enough for
     the tiled kernels to beat the general ones (the plain-IR lowering is not: kernels README)."""
-    for feature, lowering in (("avx512vnni", dot4_vnni), ("avx512bw", dot4_madd512), ("avx2", dot4_madd256)):
+    for feature, lowering in FAST_LOWERINGS:
         if target_has(feature):
             return lowering, True
     return dot4_generic, False
