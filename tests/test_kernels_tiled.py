@@ -11,9 +11,9 @@ from fgq_pipeline.kernels.int8_gemm import int8_gemm
 from fgq_pipeline.kernels.packed import as_int8_layer
 from fgq_pipeline.kernels.reference import reference_int8_gemm, reference_ternary_gemm
 from fgq_pipeline.kernels.simd import (
+    FAST_LOWERINGS,
     add_scaled,
     affine,
-    FAST_LOWERINGS,
     dot4_generic,
     dot4_lowering,
     dot4_madd256,
@@ -202,7 +202,7 @@ def _dot4_as_floats(dot4):
     return run
 
 
-DOT4_LOWERINGS = {feature: lowering for feature, lowering in FAST_LOWERINGS} | {None: dot4_generic}
+DOT4_LOWERINGS = dict(FAST_LOWERINGS) | {None: dot4_generic}
 
 
 @pytest.mark.parametrize("feature", DOT4_LOWERINGS)
