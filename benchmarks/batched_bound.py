@@ -1,0 +1,178 @@
+"""Where the batched tiled kernel loses to torch int8 on a large 3x3 conv with int8 scales (one group per
+filter, so the ceiling in reports/bench.md is the int8 one): the layer's call taken apart, 1 thread,
+every candidate interleaved in one process, medians.
+
+* the whole call (``IntegerNet.run_layer``: quantize the input, run the kernel) and torch int8, as the
+  bench times them;
+* the input's quantization alone, and the kernel alone on the quantized input;
+* the kernel with a wider register block (4 tiles x 6 rows instead of a pair of tiles: 10 vector loads
+  per 24 ``vpdpbusd`` instead of 8 per 12), defined here only to be timed; its outputs must be identical;
+* the ceilings of ``bench/ceilings.py`` (the pair kernel's ``vpdpbusd`` chains and float updates, operands
+  in registers), on this host;
+* the kernel on the first 64 to all of the reduction's quads (the weights a tile pair streams per row
+  step, from L1-sized to L2-sized).
+
+    python benchmarks/batched_bound.py                  # ResNet-50 layer4.1.conv2 at batch 64
+"""
+
+import argparse
+import statistics
+import time
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import nn
+
+from fgq_pipeline.bench.ceilings import kernel_ceilings
+from fgq_pipeline.bench.workloads import INT8, NUMBA, conv_workload
+from fgq_pipeline.kernels.export import pack_quant_layer
+from fgq_pipeline.kernels.simd import (
+    add_scaled,
+    affine,
+    broadcast_quad,
+    dot4,
+    float_zeros,
+    int_zeros,
+    load_bytes,
+    store_floats,
+)
+from fgq_pipeline.kernels.tiled_gemm import (
+    NO_FLOATS,
+    NO_INTEGERS,
+    QUAD_BYTES,
+    ROW_CHUNK,
+    TILE,
+    TiledLayer,
+    batched_kernel,
+    conv_addressing,
+)
+from fgq_pipeline.quant.activation import ActQuantizer
+from fgq_pipeline.quant.modules import QuantConv2d, WeightFormat
+from fgq_pipeline.quant.repair import calibrate_activations
+
+WIDE_TILES, WIDE_ROWS = 4, 6
+
+
+@njit(cache=True, parallel=True)
+def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, act_scale, out):
+    """``batched_kernel`` for one group per filter and unsigned inputs, 4 tiles x 6 rows per step."""
+    rows, tiles, quads = row_starts.shape[0], weights.shape[0], weights.shape[1]
+    blocks, chunks = tiles // WIDE_TILES, (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    width, out_flat = out.shape[1], out.ravel()
+    for task in prange(chunks * blocks):
+        chunk, tile = task // blocks, WIDE_TILES * (task % blocks)
+        first, last = chunk * ROW_CHUNK, min((chunk + 1) * ROW_CHUNK, rows)
+        w0, w1, w2, w3 = (weights[tile].ravel(), weights[tile + 1].ravel(), weights[tile + 2].ravel(),
+                          weights[tile + 3].ravel())
+        for r in range(first, last, WIDE_ROWS):
+            x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
+            x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
+            x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
+            a0, a1, a2, a3, a4, a5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+            b0, b1, b2, b3, b4, b5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+            c0, c1, c2, c3, c4, c5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+            d0, d1, d2, d3, d4, d5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+            for q in range(np.uint64(0), np.uint64(quads)):
+                j = quad_offsets[q]
+                i0, i1 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j)
+                i2, i3 = broadcast_quad(x_flat, x2 + j), broadcast_quad(x_flat, x3 + j)
+                i4, i5 = broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j)
+                wq = load_bytes(w0, q * QUAD_BYTES)
+                a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
+                a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
+                wq = load_bytes(w1, q * QUAD_BYTES)
+                b0, b1, b2 = dot4(b0, i0, wq), dot4(b1, i1, wq), dot4(b2, i2, wq)
+                b3, b4, b5 = dot4(b3, i3, wq), dot4(b4, i4, wq), dot4(b5, i5, wq)
+                wq = load_bytes(w2, q * QUAD_BYTES)
+                c0, c1, c2 = dot4(c0, i0, wq), dot4(c1, i1, wq), dot4(c2, i2, wq)
+                c3, c4, c5 = dot4(c3, i3, wq), dot4(c4, i4, wq), dot4(c5, i5, wq)
+                wq = load_bytes(w3, q * QUAD_BYTES)
+                d0, d1, d2 = dot4(d0, i0, wq), dot4(d1, i1, wq), dot4(d2, i2, wq)
+                d3, d4, d5 = dot4(d3, i3, wq), dot4(d4, i4, wq), dot4(d5, i5, wq)
+            for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5,
+                                      c0, c1, c2, c3, c4, c5, d0, d1, d2, d3, d4, d5)):
+                row, t = r + i % WIDE_ROWS, tile + i // WIDE_ROWS
+                if row < rows:
+                    total = add_scaled(float_zeros(), sums, scales[t].ravel(), 0)
+                    store_floats(out_flat, row * width + t * TILE, affine(total, act_scale, bias, t * TILE))
+
+
+def _int8_scale_conv(name: str, channels: int, size: int, batch: int, group_size: int):
+    """A packed 3x3 conv of the workload's shape (ternary N=``group_size``, int8 scales) and a ReLU'd input."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    nn.init.kaiming_normal_(conv.weight, generator=generator)
+    x = torch.relu(torch.randn(batch, channels, size, size, generator=generator))
+    quantized = QuantConv2d.from_float(conv, WeightFormat("ternary", group_size), ActQuantizer(8))
+    calibrate_activations(nn.Sequential(quantized), [(x, None)])
+    return pack_quant_layer(name, quantized, None, "int8"), np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+
+def _median_ms(calls: dict, rounds: int) -> dict[str, float]:
+    for call in calls.values():
+        call()  # compile, warm the caches
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group-size", type=int, default=4, help="N (its int8 scales make one group per filter)")
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    name, channels, size, batch = "resnet50.layer4.1.conv2", 512, 7, 64
+    workload = conv_workload(name, channels, channels, 3, 1, 1, size, batch, args.group_size, scale_dtype="int8")
+    layer, x_nhwc = _int8_scale_conv(name, channels, size, batch, args.group_size)
+    tiled = TiledLayer.from_packed(layer)
+    padded = layer.activation.quantize(x_nhwc, layer.padding, tiled.in_channels)
+    _, row_starts, quad_offsets = conv_addressing(padded.shape, layer.kernel_size, layer.stride, layer.dilation)
+    x_flat, act_scale = padded.ravel(), np.float32(layer.activation.scale)
+    pair_out = np.empty((row_starts.shape[0], tiled.weights.shape[0] * TILE), dtype=np.float32)
+    wide_out = np.empty_like(pair_out)
+
+    def pair(weights=tiled.weights, offsets=quad_offsets, group_ends=tiled.group_ends):
+        batched_kernel(x_flat, row_starts, offsets, weights, tiled.scales, tiled.offsets, group_ends, False, tiled.bias,
+                       act_scale, NO_FLOATS, False, True, NO_INTEGERS, row_starts, np.float32(1), np.float32(0),
+                       pair_out)
+
+    calls = {
+        "whole call, as the bench times it": workload.candidates[NUMBA],
+        "torch int8": workload.candidates[INT8],
+        "input quantization alone": lambda: layer.activation.quantize(x_nhwc, layer.padding, tiled.in_channels),
+        "pair kernel alone": pair,
+        "4 x 6 block kernel alone": lambda: wide_block_kernel(x_flat, row_starts, quad_offsets, tiled.weights,
+                                                                tiled.scales, tiled.bias, act_scale, wide_out),
+    }
+    pair()
+    calls["4 x 6 block kernel alone"]()
+    print(f"{name}, batch {batch}, N={args.group_size}, int8 scales, 1 thread; 4 x 6 block outputs identical: "
+          f"{np.array_equal(pair_out, wide_out)}")
+    for call_name, ms in _median_ms(calls, args.rounds).items():
+        rate = "" if "quantization" in call_name else f"  {workload.weight_macs / ms / 1e6:7.1f} G weight-MAC/s"
+        print(f"  {call_name:36s} {ms:8.3f} ms{rate}")
+    print("ceilings (bench/ceilings.py: the pair kernel's arithmetic, operands in registers):")
+    for label, rate in kernel_ceilings().items():
+        print(f"  {label:36s} {rate:7.1f} G MAC/s")
+    quads = tiled.weights.shape[1]
+    depths = {}
+    for depth in (64, 128, 256, 512, quads):
+        weights = np.ascontiguousarray(tiled.weights[:, :depth])
+        offsets, group_ends = np.ascontiguousarray(quad_offsets[:depth]), np.array([depth], dtype=np.int64)
+        depths[depth] = lambda w=weights, o=offsets, g=group_ends: pair(w, o, g)
+    print("pair kernel on the first quads of the reduction (a tile pair's weights per row step):")
+    for depth, ms in _median_ms(depths, args.rounds).items():
+        macs = row_starts.shape[0] * tiled.weights.shape[0] * TILE * depth * 4
+        print(f"  {depth:5d} quads ({2 * depth * 64 / 1024:6.1f} KB)  {ms:8.3f} ms  {macs / ms / 1e6:7.1f} G MAC/s")
+
+
+if __name__ == "__main__":
+    main()
