@@ -2,6 +2,7 @@
 and that the integer path runs what it learned."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from fgq_pipeline.quant import (
     post_training_quantize,
     quant_layers,
     quantize_model,
+    reconstruct_blocks,
     reconstruction_blocks,
     ternarize,
 )
@@ -139,11 +141,31 @@ def test_steps_and_biases_are_learned_and_the_integer_path_runs_them(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("iterations", 0), ("batch_size", 2.5), ("lr", 0.0), ("scale_lr", -1.0), ("drop_prob", 1.0),
-    ("warmup", -0.1), ("beta_end", 40.0), ("round_weight", -0.01), ("bn_reestimate", "yes"),
+    ("warmup", -0.1), ("beta_end", 40.0), ("round_weight", -0.01), ("bn_reestimate", "yes"), ("views", 0),
 ])
 def test_bad_settings_are_refused_naming_the_value(field, value):
     with pytest.raises(ValueError, match=rf"reconstruct\.{field} .*{value!r}"):
         ReconstructConfig(**{field: value})
+
+
+class PassCounter:
+    """A calibration set that counts the passes made over it."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_views_feed_the_blocks_that_many_passes_over_the_calibration_set():
+    fp32 = fp32_resnet()
+    config = QuantConfig(group_size=4, rounding="nearest", act_bits=4, image_bits=2)
+    model = post_training_quantize(quantize_model(copy.deepcopy(fp32), config), config, calibration())
+    batches = PassCounter(calibration())
+    reconstruct_blocks(model, fp32, batches, dataclasses.replace(SETTINGS, iterations=5, views=3), seed=0)
+    assert batches.passes == 3
 
 
 def test_reconstruction_without_the_fp32_model_and_unknown_roundings_are_refused():

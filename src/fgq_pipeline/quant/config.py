@@ -88,7 +88,9 @@ class ReconstructConfig:
     the codes move freely; then a penalty weighted ``round_weight`` pushes them to {-1, 0, +1},
     its exponent falling from ``beta_start`` to ``beta_end``. ``drop_prob`` is QDrop's chance that
     an activation skips quantization while a block learns. ``bn_reestimate`` re-estimates BatchNorm
-    statistics once every block is done (a switch: it can undo what the blocks learned).
+    statistics once every block is done (a switch: it can undo what the blocks learned). ``views``
+    passes over the calibration set feed the blocks: with an augmenting calibration transform each pass
+    draws new crops and flips of the same images, so the blocks learn from more than one view of each.
     """
 
     iterations: int = 1000
@@ -101,9 +103,10 @@ class ReconstructConfig:
     beta_end: float = 2.0
     round_weight: float = 0.01
     bn_reestimate: bool = False
+    views: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size"):
+        for name in ("iterations", "batch_size", "views"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"reconstruct.{name} must be a positive integer, got {value!r}")

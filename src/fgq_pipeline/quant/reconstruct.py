@@ -58,7 +58,7 @@ def reconstruct_blocks(model: nn.Module, fp32_model: nn.Module, batches: Iterabl
     The same ``seed`` and inputs give the same weights.
     """
     device = model_device(model)
-    images = torch.cat(list(batch_images(batches, model)))
+    images = torch.cat([image for _ in range(settings.views) for image in batch_images(batches, model)])
     if len(images) == 0:
         raise ValueError("the calibration set is empty: give it at least one batch of images")
     sampling = torch.Generator().manual_seed(seed)
