@@ -55,6 +55,18 @@ from fgq_pipeline.quant.repair import calibrate_activations
 WIDE_TILES, WIDE_ROWS = 4, 6
 
 
+@njit
+def _zero_rows():
+    return int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+
+
+@njit
+def _dot_rows(sums, quads, weights):
+    """One tile's weight vector against the quads of 6 rows: the 6 rows' sums, each with one more dot4."""
+    return (dot4(sums[0], quads[0], weights), dot4(sums[1], quads[1], weights), dot4(sums[2], quads[2], weights),
+            dot4(sums[3], quads[3], weights), dot4(sums[4], quads[4], weights), dot4(sums[5], quads[5], weights))
+
+
 @njit(cache=True, parallel=True)
 def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, act_scale, out):
     """``batched_kernel`` for one group per filter and unsigned inputs, 4 tiles x 6 rows per step."""
@@ -70,29 +82,17 @@ def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, a
             x0, x1 = row_starts[min(r, rows - 1)], row_starts[min(r + 1, rows - 1)]
             x2, x3 = row_starts[min(r + 2, rows - 1)], row_starts[min(r + 3, rows - 1)]
             x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
-            a0, a1, a2, a3, a4, a5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
-            b0, b1, b2, b3, b4, b5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
-            c0, c1, c2, c3, c4, c5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
-            d0, d1, d2, d3, d4, d5 = int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros(), int_zeros()
+            a, b, c, d = _zero_rows(), _zero_rows(), _zero_rows(), _zero_rows()
             for q in range(np.uint64(0), np.uint64(quads)):
                 j = quad_offsets[q]
-                i0, i1 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j)
-                i2, i3 = broadcast_quad(x_flat, x2 + j), broadcast_quad(x_flat, x3 + j)
-                i4, i5 = broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j)
-                wq = load_bytes(w0, q * QUAD_BYTES)
-                a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
-                a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
-                wq = load_bytes(w1, q * QUAD_BYTES)
-                b0, b1, b2 = dot4(b0, i0, wq), dot4(b1, i1, wq), dot4(b2, i2, wq)
-                b3, b4, b5 = dot4(b3, i3, wq), dot4(b4, i4, wq), dot4(b5, i5, wq)
-                wq = load_bytes(w2, q * QUAD_BYTES)
-                c0, c1, c2 = dot4(c0, i0, wq), dot4(c1, i1, wq), dot4(c2, i2, wq)
-                c3, c4, c5 = dot4(c3, i3, wq), dot4(c4, i4, wq), dot4(c5, i5, wq)
-                wq = load_bytes(w3, q * QUAD_BYTES)
-                d0, d1, d2 = dot4(d0, i0, wq), dot4(d1, i1, wq), dot4(d2, i2, wq)
-                d3, d4, d5 = dot4(d3, i3, wq), dot4(d4, i4, wq), dot4(d5, i5, wq)
-            for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5,
-                                      c0, c1, c2, c3, c4, c5, d0, d1, d2, d3, d4, d5)):
+                quads_in = (broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j),
+                            broadcast_quad(x_flat, x2 + j), broadcast_quad(x_flat, x3 + j),
+                            broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j))
+                a = _dot_rows(a, quads_in, load_bytes(w0, q * QUAD_BYTES))
+                b = _dot_rows(b, quads_in, load_bytes(w1, q * QUAD_BYTES))
+                c = _dot_rows(c, quads_in, load_bytes(w2, q * QUAD_BYTES))
+                d = _dot_rows(d, quads_in, load_bytes(w3, q * QUAD_BYTES))
+            for i, sums in enumerate(a + b + c + d):
                 row, t = r + i % WIDE_ROWS, tile + i // WIDE_ROWS
                 if row < rows:
                     total = add_scaled(float_zeros(), sums, scales[t].ravel(), 0)
