@@ -65,6 +65,8 @@ CONFIG_ROWS = {
     "unknown export scale dtype": (["export.scale_dtype=fp64"],
                                    "export.scale_dtype must be one of ('fp32', 'fp16', 'int8'), got 'fp64'"),
     "unknown export source": (["export.source=fp32"], "export.source must be one of ('ptq', 'finetuned'), got 'fp32'"),
+    "negative BatchNorm re-estimation": (["finetune.bn_reestimate_batches=-1"],
+                                         "finetune.bn_reestimate_batches must be 0 or a positive integer, got -1"),
     "unknown device": (["device=gpu"], "device must be auto, cpu, cuda or cuda:<index>, got 'gpu'"),
     "unwritable output directory": (["paths.ptq_results={files}/a_file/ptq.json"], "a_file is a file, not a directory"),
 }

@@ -2,6 +2,7 @@
 
 import json
 import math
+from itertools import islice
 import signal
 import subprocess
 import time
@@ -11,10 +12,15 @@ import pytest
 import torch
 from conftest import ON_SMOKE_PROJECT, ON_TRAINED_DIGITS, cli, runs
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from fgq_pipeline import tracking
 from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
+from fgq_pipeline.builders import build_datamodule, build_model
 from fgq_pipeline.params import compose_config
+from fgq_pipeline.quant import quantize_model, reestimate_batchnorm
+from fgq_pipeline.seeding import seed_everything
+from fgq_pipeline.tasks.ptq_grid import finetune_quant_config
 
 RESUME_EPOCHS = 6  # several short epochs, so the kill lands mid-way
 COMPARED_STAGES = ("baseline", "ptq", "finetune", "evaluate", "report")  # the writers of the files compared below
@@ -184,6 +190,30 @@ def test_fine_tune_on_holdout_trains_without_those_images_and_measures_on_them(t
     tags = {r.data.tags["evaluated_on"] for r in runs(tmp_path / "store.db", "fgq-digits")
             if r.data.tags["stage"] == "fgq-finetune" and "evaluated_on" in r.data.tags}
     assert tags == {"test", "holdout"}
+
+
+def test_fine_tune_ends_with_batchnorm_statistics_averaged_over_that_many_training_batches(trained_digits):
+    """The momentum averages training leaves are replaced by an exact average over
+    ``finetune.bn_reestimate_batches`` seeded training batches; the learned weights are untouched."""
+    tmp_path, env, common = trained_digits
+    settings = common[:-1] + ["finetune.epochs=1"]
+    weights = {}
+    for batches in (0, 3):
+        run_dir = tmp_path / f"finetune-bn{batches}"
+        subprocess.run(cli("fgq-finetune") + settings + [f"hydra.run.dir={run_dir}", f"finetune.bn_reestimate_batches={batches}"],
+                       env=env, check=True, capture_output=True)
+        weights[batches] = load_file(run_dir / FINETUNED_WEIGHTS)
+    cfg = compose_config(settings)
+    model = quantize_model(build_model(cfg, load_checkpoint=False), finetune_quant_config(cfg))
+    model.load_state_dict(weights[0])
+    datamodule = build_datamodule(cfg)
+    seed_everything(cfg.seed)
+    reestimate_batchnorm(model, islice(datamodule.train_dataloader(), 3))
+    statistics = [k for k in weights[3] if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(model.state_dict()[k], weights[3][k]) for k in statistics)
+    assert not all(torch.equal(weights[0][k], weights[3][k]) for k in statistics)
+    learned = [k for k, v in weights[3].items() if v.is_floating_point() and k not in statistics]
+    assert learned and all(torch.equal(weights[0][k], weights[3][k]) for k in learned)
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def validate_config(cfg: DictConfig) -> None:
     if "finetune" in cfg:
         finetune_quant_config(cfg)
         _positive_int("finetune.epochs", cfg.finetune.epochs)
+        _non_negative_int("finetune.bn_reestimate_batches", cfg.finetune.bn_reestimate_batches)
     if "export" in cfg:
         check_export_settings(cfg.export)
     if "calibration" in cfg:
@@ -79,6 +80,11 @@ def check_writable(what: str, path: str | Path) -> None:
 def _positive_int(what: str, value: object, hint: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}" + (f"; {hint}" if hint else ""))
+
+
+def _non_negative_int(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be 0 or a positive integer, got {value!r}")
 
 
 def exit_on_user_error(program: str) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -103,7 +103,7 @@ class ReconstructConfig:
     beta_end: float = 2.0
     round_weight: float = 0.01
     bn_reestimate: bool = False
-    views: int = 1
+    views: int = 4
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "views"):

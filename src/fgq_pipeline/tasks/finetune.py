@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,7 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from ..builders import build_datamodule, build_model
 from ..models import load_weights, save_weights
 from ..project import resolve_path
-from ..quant import quantize_model
+from ..quant import quantize_model, reestimate_batchnorm
 from ..seeding import seed_everything
 from ..tracking import RunLog
 from ..train import ClassifierModule, evaluate, fit
@@ -53,6 +54,11 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     fit(module, datamodule, epochs=cfg.finetune.epochs, log=log, default_root_dir=checkpoint_dir,
         callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
+    if settings.bn_reestimate_batches:
+        # Training leaves each BatchNorm's running statistics as a momentum average of its last few
+        # batches; the quantized network is sensitive to that noise, so average over many instead.
+        seed_everything(cfg.seed)
+        reestimate_batchnorm(model, islice(datamodule.train_dataloader(), settings.bn_reestimate_batches))
     save_weights(model, weights_path, metadata={"model": cfg.model.name})
     after = score(model, evaluation_loader(cfg, datamodule, split), datamodule.num_classes, quant.scale_dtype)
     budget = cfg.baseline.budget_images or cfg.baseline.epochs * datamodule.num_train_images
