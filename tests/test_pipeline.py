@@ -2,10 +2,10 @@
 
 import json
 import math
-from itertools import islice
 import signal
 import subprocess
 import time
+from itertools import islice
 
 import pandas as pd
 import pytest
@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from fgq_pipeline import tracking
-from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.builders import build_datamodule, build_model
+from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.params import compose_config
 from fgq_pipeline.quant import quantize_model, reestimate_batchnorm
 from fgq_pipeline.seeding import seed_everything
