@@ -36,19 +36,19 @@ GOOD = dict(rounds=2, threads=(1,), batches=(1,), group_sizes=(4,),
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"rounds": 0}, "bench.rounds must be an integer >= 1, got 0"),
+    ({"rounds": 0}, "bench.rounds must be a positive integer, got 0"),
     ({"threads": (1, 4096)}, "asks for more threads"),
     ({"batches": ()}, "bench.batches is empty"),
-    ({"group_sizes": (4.5,)}, "bench.group_sizes must be an integer >= 1, got 4.5"),
+    ({"group_sizes": (4.5,)}, "bench.group_sizes must be a positive integer, got 4.5"),
     ({"linear": ({"name": "fc", "in_features": 32},)}, r"bench.linear\[0\] must give exactly"),
     ({"conv": ({"name": "c", "in_channels": 4, "out_channels": 4, "kernel": 3, "stride": 0, "padding": 1,
-                "size": 8},)}, r"bench.conv\[0\].stride must be an integer >= 1, got 0"),
+                "size": 8},)}, r"bench.conv\[0\].stride must be a positive integer, got 0"),
     ({"max_background_cpus": -1.0}, "max_background_cpus must be >= 0"),
     ({"torchvision_networks": ({"arch": "resnet18"},)}, r"bench.torchvision_networks\[0\] must give exactly"),
     ({"torchvision_networks": ({"arch": "resnet", "size": 224},)},
      r"bench.torchvision_networks\[0\].arch must name a torchvision classifier .*got 'resnet'"),
     ({"torchvision_networks": ({"arch": "resnet18", "size": 0},)},
-     r"bench.torchvision_networks\[0\].size must be an integer >= 1, got 0"),
+     r"bench.torchvision_networks\[0\].size must be a positive integer, got 0"),
     ({"gemv_scale_dtypes": ("bf16",)}, r"bench.gemv_scale_dtypes takes \['fp16', 'int8'\] \(fp32 always runs\), got 'bf16'"),
     ({"batched_scale_dtypes": ("fp32",)}, r"bench.batched_scale_dtypes takes \['fp16', 'int8'\] .*got 'fp32'"),
 ])

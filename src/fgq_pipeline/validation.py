@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from omegaconf import DictConfig
 
+from .checks import require_int
 from .devices import resolve_device
 from .project import resolve_path
 
@@ -46,18 +47,18 @@ def validate_config(cfg: DictConfig) -> None:
         reconstruct_config(cfg)
     if "finetune" in cfg:
         finetune_quant_config(cfg)
-        _positive_int("finetune.epochs", cfg.finetune.epochs)
-        _non_negative_int("finetune.bn_reestimate_batches", cfg.finetune.bn_reestimate_batches)
+        require_int("finetune.epochs", cfg.finetune.epochs)
+        require_int("finetune.bn_reestimate_batches", cfg.finetune.bn_reestimate_batches, minimum=0)
     if "export" in cfg:
         check_export_settings(cfg.export)
     if "calibration" in cfg:
-        _positive_int("calibration.num_images", cfg.calibration.num_images,
+        require_int("calibration.num_images", cfg.calibration.num_images,
                       hint="calibration needs at least one training image")
         check_augment_setting(cfg.calibration.augment)
     if "evaluate_on" in cfg:
         if cfg.evaluate_on not in EVALUATION_SPLITS:
             raise ValueError(f"evaluate_on must be one of {EVALUATION_SPLITS}, got {cfg.evaluate_on!r}")
-        _positive_int("holdout_images", cfg.holdout_images, hint="the holdout split needs at least one image")
+        require_int("holdout_images", cfg.holdout_images, hint="the holdout split needs at least one image")
     if "paths" in cfg:
         for key in OUTPUT_PATHS:
             if cfg.paths.get(key):
@@ -75,16 +76,6 @@ def check_writable(what: str, path: str | Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"{what}={str(path)!r} is not writable ({directory} is read-only for this user); "
                               "point it at a directory you can write")
-
-
-def _positive_int(what: str, value: object, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}" + (f"; {hint}" if hint else ""))
-
-
-def _non_negative_int(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} must be 0 or a positive integer, got {value!r}")
 
 
 def exit_on_user_error(program: str) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -15,6 +15,7 @@ import torch
 import torchvision
 from tqdm.auto import tqdm
 
+from fgq_pipeline.checks import require_int
 from fgq_pipeline.kernels.scales import SCALE_DTYPES
 
 from .ceilings import kernel_ceilings
@@ -55,13 +56,13 @@ class BenchSettings:
     torchvision_networks: tuple[Mapping, ...] = ()  # {arch, size}: batch 1, the lowest thread count only
 
     def __post_init__(self) -> None:
-        _positive_int("bench.rounds", self.rounds)
+        require_int("bench.rounds", self.rounds)
         cpus = os.cpu_count() or 1
         for name, values in (("threads", self.threads), ("batches", self.batches), ("group_sizes", self.group_sizes)):
             if not values:
                 raise ValueError(f"bench.{name} is empty; give at least one value")
             for value in values:
-                _positive_int(f"bench.{name}", value)
+                require_int(f"bench.{name}", value)
         if max(self.threads) > min(cpus, numba.config.NUMBA_NUM_THREADS):
             raise ValueError(f"bench.threads={list(self.threads)} asks for more threads than the "
                              f"{min(cpus, numba.config.NUMBA_NUM_THREADS)} this machine gives Numba")
@@ -70,7 +71,7 @@ class BenchSettings:
                 if set(shape) != {"name", *keys}:
                     raise ValueError(f"bench.{kind}[{index}] must give exactly {['name', *keys]}, got {sorted(shape)}")
                 for key in keys:
-                    _positive_int(f"bench.{kind}[{index}].{key}", shape[key], allow_zero=key == "padding")
+                    require_int(f"bench.{kind}[{index}].{key}", shape[key], minimum=0 if key == "padding" else 1)
         for index, network in enumerate(self.torchvision_networks):
             if set(network) != set(TORCHVISION_KEYS):
                 raise ValueError(f"bench.torchvision_networks[{index}] must give exactly {list(TORCHVISION_KEYS)}, "
@@ -78,7 +79,7 @@ class BenchSettings:
             if network["arch"] not in torchvision.models.list_models(module=torchvision.models):
                 raise ValueError(f"bench.torchvision_networks[{index}].arch must name a torchvision classifier "
                                  f"(torchvision.models.list_models()), got {network['arch']!r}")
-            _positive_int(f"bench.torchvision_networks[{index}].size", network["size"])
+            require_int(f"bench.torchvision_networks[{index}].size", network["size"])
         if self.max_background_cpus < 0:
             raise ValueError(f"bench.max_background_cpus must be >= 0, got {self.max_background_cpus!r}")
         for name, dtypes in (("gemv_scale_dtypes", self.gemv_scale_dtypes),
@@ -87,11 +88,6 @@ class BenchSettings:
                 if scale_dtype not in NARROW_SCALE_DTYPES:
                     raise ValueError(f"bench.{name} takes {list(NARROW_SCALE_DTYPES)} (fp32 always runs), "
                                      f"got {scale_dtype!r}")
-
-
-def _positive_int(what: str, value: object, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        raise ValueError(f"{what} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from ..checks import is_int, is_number
 from .scales import FP32_MAX, FP32_MIN_NORMAL
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -24,12 +25,12 @@ class ActivationFormat:
     signed: bool
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+        if not is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
             raise ValueError(f"activation bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {self.bits!r}")
         if not isinstance(self.signed, bool):
             raise ValueError(f"activation signedness must be true or false, got {self.signed!r}")
         scale = self.scale  # the kernels divide by it in fp32: it must be a positive normal fp32 number
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not FP32_MIN_NORMAL <= scale <= FP32_MAX:
+        if not is_number(scale) or not FP32_MIN_NORMAL <= scale <= FP32_MAX:
             raise ValueError(f"activation scale must be a finite positive number within fp32's normal range "
                              f"({FP32_MIN_NORMAL:.4g}..{FP32_MAX:.4g}), got {scale!r}")
 

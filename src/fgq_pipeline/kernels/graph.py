@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..checks import is_int
 from .im2col import conv_output_size
 from .packed import PackedLayer
 
@@ -180,7 +181,7 @@ def _label(node: object) -> str:
 
 
 def _count_at_least(minimum: int):
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return lambda value: is_int(value) and value >= minimum
 
 
 def _pair_at_least(minimum: int):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..checks import is_int
 from .activations import ActivationFormat
 from .codes import code_faults, packed_row_bytes
 from .scales import FP32_MAX, FP32_MIN_NORMAL, INT8_SCALE_MAX, SCALE_DTYPES, fp32_text
@@ -44,7 +45,7 @@ def _check_geometry(layer: PackedLayer) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {layer.kind!r}")
     dims = 4 if layer.kind == "conv" else 2
     shape = layer.weight_shape
-    if not isinstance(shape, tuple) or len(shape) != dims or not all(_is_int(d) and d > 0 for d in shape):
+    if not isinstance(shape, tuple) or len(shape) != dims or not all(is_int(d) and d > 0 for d in shape):
         raise ValueError(f"a {layer.kind} weight shape must be {dims} positive integers, got {shape!r}")
     if layer.kind == "linear":
         if layer.stride is not None or layer.padding is not None or layer.dilation is not None:
@@ -68,7 +69,7 @@ def _check_weights(layer: PackedLayer) -> None:
         if (layer.weights == -INT8_WEIGHT_MAX - 1).any():
             raise ValueError("int8 weights must lie in [-127, 127], found -128")
         return
-    if not _is_int(layer.group_size) or not 1 <= layer.group_size <= layer.in_channels:
+    if not is_int(layer.group_size) or not 1 <= layer.group_size <= layer.in_channels:
         raise ValueError(f"group size must be an integer in 1..{layer.in_channels} (C), got {layer.group_size!r}")
     _check_array(layer.weights, "codes", np.uint8, (layer.out_channels, packed_row_bytes(layer.reduction_length)))
     invalid, padded_rows = code_faults(layer.weights, layer.reduction_length)
@@ -134,9 +135,5 @@ def _describe(value: object) -> str:
     return f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _int_pair(value: object, minimum: int) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) and v >= minimum for v in value)
+    return isinstance(value, tuple) and len(value) == 2 and all(is_int(v) and v >= minimum for v in value)

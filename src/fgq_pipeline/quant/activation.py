@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ..checks import is_int
+
 CALIBRATION_METHODS = ("max", "percentile", "mse")
 FLOAT_BITS = 32
 SAMPLES_PER_BATCH = 65536  # values kept per calibration batch for percentile / MSE search
@@ -19,7 +21,7 @@ MSE_CANDIDATES = 100
 
 
 def validate_act_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 8 or bits == FLOAT_BITS):
+    if not is_int(bits) or not (2 <= bits <= 8 or bits == FLOAT_BITS):
         raise ValueError(f"act_bits must be an integer in 2..8, or {FLOAT_BITS} for float activations, got {bits!r}")
     return bits
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..checks import is_int, is_number, require_int
 from .activation import validate_act_bits, validate_calibration
 from .scale_storage import validate_scale_dtype
 from .ternary import GroupSize, validate_group_size, validate_solver
@@ -54,7 +55,7 @@ class QuantConfig:
         if self.weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {self.weight_format!r}")
         validate_act_bits(self.act_bits)
-        if isinstance(self.image_bits, bool) or not isinstance(self.image_bits, int) or not 2 <= self.image_bits <= 8:
+        if not is_int(self.image_bits) or not 2 <= self.image_bits <= 8:
             raise ValueError(f"image_bits must be an integer in 2..8, got {self.image_bits!r}")
         validate_calibration(self.act_calibration, self.act_percentile)
         if self.rounding not in ROUNDINGS:
@@ -107,18 +108,16 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "views"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"reconstruct.{name} must be a positive integer, got {value!r}")
+            require_int(f"reconstruct.{name}", getattr(self, name))
         for name in ("lr", "scale_lr", "beta_start", "beta_end"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if not is_number(value) or not value > 0:
                 raise ValueError(f"reconstruct.{name} must be a positive number, got {value!r}")
         for name in ("drop_prob", "warmup"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            if not is_number(value) or not 0 <= value < 1:
                 raise ValueError(f"reconstruct.{name} must be in [0, 1), got {value!r}")
-        if isinstance(self.round_weight, bool) or not isinstance(self.round_weight, (int, float)) or self.round_weight < 0:
+        if not is_number(self.round_weight) or self.round_weight < 0:
             raise ValueError(f"reconstruct.round_weight must be 0 or more, got {self.round_weight!r}")
         if self.beta_end > self.beta_start:
             raise ValueError(f"reconstruct.beta_end must not exceed beta_start ({self.beta_start!r}), got {self.beta_end!r}")

@@ -59,8 +59,6 @@ def reconstruct_blocks(model: nn.Module, fp32_model: nn.Module, batches: Iterabl
     """
     device = model_device(model)
     images = torch.cat([image for _ in range(settings.views) for image in batch_images(batches, model)])
-    if len(images) == 0:
-        raise ValueError("the calibration set is empty: give it at least one batch of images")
     sampling = torch.Generator().manual_seed(seed)
     dropping = torch.Generator(device=device).manual_seed(seed)
     with eval_mode(model), eval_mode(fp32_model):

@@ -13,6 +13,8 @@ from typing import Literal, Union
 
 import torch
 
+from ..checks import is_int
+
 GroupSize = Union[int, Literal["filter", "layer"]]
 SOLVERS = ("exact", "twn", "asymmetric")
 NAMED_GROUPS = ("filter", "layer")
@@ -23,7 +25,7 @@ def validate_group_size(group_size: object) -> GroupSize:
     """Return ``group_size`` if it is a positive int, 'filter' or 'layer'; raise otherwise."""
     if isinstance(group_size, str) and group_size in NAMED_GROUPS:
         return group_size  # type: ignore[return-value]
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+    if not is_int(group_size) or group_size < 1:
         raise ValueError(
             f"group_size must be a positive integer, 'filter' or 'layer', got {group_size!r}"
         )

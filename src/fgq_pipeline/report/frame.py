@@ -6,7 +6,6 @@ Rows are sorted deterministically and floats written with a fixed format, so the
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path
+from ..checks import is_int
 from ..render import CSV_FLOAT_FORMAT
 
 MODEL_KEYS = ["model", "dataset"]
@@ -52,11 +52,6 @@ TEXT_COLUMNS = ("model", "dataset", "weight_format", "scale_dtype", "solver", "r
 EXTRA_TRAINING_COLUMN = "extra_training_fraction"
 
 
-def _is_integer(value: object) -> bool:
-    """True for ints (numpy included) but not bools, which Python counts as ints."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_boolean(value: object) -> bool:
     return isinstance(value, (bool, np.bool_))
 
@@ -67,7 +62,7 @@ def parse_group_size(value: object) -> int | str:
         return value
     if isinstance(value, str) and value.isdigit() and int(value) >= 1:
         return int(value)
-    if _is_integer(value) and int(value) >= 1:
+    if is_int(value) and int(value) >= 1:
         return int(value)
     raise ValueError(f"group_size must be a positive integer, 'filter' or 'layer', got {value!r}")
 
@@ -92,7 +87,7 @@ def _validate_record(index: int, record: object) -> None:
     except ValueError as error:
         raise ValueError(f"record {index}: {error}") from None
     act_bits = record["act_bits"]
-    if not _is_integer(act_bits) or int(act_bits) not in ALLOWED_ACT_BITS:
+    if not is_int(act_bits) or int(act_bits) not in ALLOWED_ACT_BITS:
         raise ValueError(
             f"record {index}: act_bits must be one of {ALLOWED_ACT_BITS}, got {act_bits!r}"
         )
@@ -139,7 +134,7 @@ def _extra_columns(records: Sequence[dict]) -> list[str]:
 
 def _is_integer_column(records: Sequence[dict], column: str) -> bool:
     present = [record[column] for record in records if column in record]
-    return bool(present) and all(_is_integer(value) for value in present)
+    return bool(present) and all(is_int(value) for value in present)
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:
