@@ -1,5 +1,6 @@
 """The `ptq` stage killed mid-grid and run again: the configurations it finished are not measured
-again, entries of other inputs are never read, and the results are the bytes of an uninterrupted run."""
+again, entries of other inputs are never read, the results are the bytes of an uninterrupted run,
+and no MLflow run is left RUNNING."""
 
 import json
 import shutil
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 from conftest import REPO, runs
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from fgq_pipeline.builders import build_model
@@ -24,6 +26,7 @@ from fgq_pipeline.tasks.prepare import prepare_data
 from fgq_pipeline.tasks.ptq_grid import ptq_grid, reconstruct_config
 from fgq_pipeline.tasks.ptq_grid_run import RESUMED_TAG
 from fgq_pipeline.tasks.ptq_progress import FinishedConfigs, grid_inputs, weights_digest
+from fgq_pipeline.tracking import PARENT_TAG, RunLog, end_killed_runs, tracking_uri, use_experiment
 
 # cfg.quant (both repairs; nearest rounding and max calibration, the fast ones) at 2 group sizes x
 # 2 act bits: 4 configs, each weight-side repair shared by two, so a kill after the first leaves its
@@ -107,6 +110,10 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
     assert measured_by.keys() == {entry["run_id"] for entry in entries}
     for entry in entries:
         assert measured_by[entry["run_id"]].data.metrics["top1"] == entry["record"]["top1"]
+    by_id = {r.info.run_id: r for r in store}
+    (interrupted,) = {by_id[entry["run_id"]].data.tags["mlflow.parentRunId"] for entry in entries}
+    assert by_id[interrupted].info.status == "KILLED"
+    assert [r.info.run_name for r in store if r.info.status == "RUNNING"] == []  # the config under way too
 
 
 @pytest.mark.parametrize("tensor", ["classifier.weight", "features.1.running_mean"])
@@ -129,3 +136,24 @@ def test_new_reconstruct_settings_remeasure_the_reconstruct_rows_only(tmp_path):
     changed = FinishedConfigs(tmp_path, inputs, ReconstructConfig(iterations=7))
     assert changed.load(nearest)["run_id"] == "measured"
     assert changed.load(reconstructed) is None
+
+
+def test_end_killed_runs_ends_only_the_interrupted_parent_and_its_runs_under_way(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    client = MlflowClient(tracking_uri())
+    experiment = use_experiment(client, "resume")
+
+    def start(name, parent=None):
+        return client.create_run(experiment, run_name=name, tags={PARENT_TAG: parent} if parent else {}).info.run_id
+
+    interrupted = start("interrupted grid")
+    measured = start("measured config", interrupted)
+    client.set_terminated(measured, "FINISHED")
+    under_way = start("config under way", interrupted)
+    unrelated = start("another grid")
+    resuming = RunLog(client, experiment, start("resuming grid"))
+
+    assert end_killed_runs(resuming, [measured, "0" * 32]) == [under_way, interrupted]  # 0...0: another store's
+    statuses = {run: client.get_run(run).info.status for run in (interrupted, measured, under_way, unrelated)}
+    assert statuses == {interrupted: "KILLED", measured: "FINISHED", under_way: "KILLED", unrelated: "RUNNING"}
+    assert end_killed_runs(resuming, [measured]) == []  # ended once

@@ -14,12 +14,13 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .project import project_root
@@ -137,6 +138,34 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         status = "FINISHED"
     finally:
         client.set_terminated(log.run_id, status)
+
+
+def end_killed_runs(log: RunLog, measured_by: Iterable[str]) -> list[str]:
+    """End as KILLED the parent runs of ``measured_by`` that are still RUNNING, and their children still
+    RUNNING: a process killed outright (SIGKILL, a session or machine going away) cannot end its own
+    runs, so the run that takes over their work (``measured_by``: runs whose results it resumes) does.
+    Returns the ids it ended."""
+    parents = set()
+    for run_id in measured_by:
+        try:
+            parent = log.client.get_run(run_id).data.tags.get(PARENT_TAG)
+        except MlflowException:  # measured in another store
+            continue
+        if parent and parent != log.run_id:
+            parents.add(parent)
+    ended = []
+    for parent_id in sorted(parents):
+        parent = log.client.get_run(parent_id)
+        if parent.info.status != "RUNNING":
+            continue
+        children = log.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+        )
+        for run_id in [run.info.run_id for run in children] + [parent_id]:
+            log.client.set_terminated(run_id, "KILLED")
+            ended.append(run_id)
+    return ended
 
 
 def start_parent_run(experiment: str, run_name: str, sweep_dir: Path) -> str:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ..project import write_json
-from ..tracking import RunLog
+from ..tracking import RunLog, end_killed_runs
 from .ptq import PostTrainingQuantizer, fp32_reference
 from .ptq_grid import ptq_grid, quant_config
 from .ptq_progress import FinishedConfigs, grid_inputs
@@ -26,7 +26,8 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     """Every config of ``cfg.ptq`` (and ``cfg.quant``), each a child run of ``log``, written to ``results``.
 
     A config finished by an earlier, interrupted run with the same inputs (kept under ``progress``)
-    is not measured again: its child run carries that run's metrics and a ``resumed_from`` tag.
+    is not measured again: its child run carries that run's metrics and a ``resumed_from`` tag, and
+    the interrupted run, with its configuration under way, is ended as KILLED in MLflow.
     """
     datamodule, model, fp32_top1 = fp32_reference(cfg)
     quantizer = PostTrainingQuantizer(cfg, model, datamodule, log)
@@ -35,6 +36,9 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     entries = {quant: finished.load(quant) for quant in grid}
     resumed = sum(entry is not None for entry in entries.values())
     tqdm.write(f"PTQ grid: {resumed} of {len(grid)} configurations resumed from {finished.directory}")
+    killed = end_killed_runs(log, [entry["run_id"] for entry in entries.values() if entry is not None])
+    if killed:
+        tqdm.write(f"PTQ grid: {len(killed)} runs the interrupted grid left RUNNING marked KILLED in MLflow")
     log.set_tags({"resumed_configs": str(resumed)})
     records = []
     for quant in tqdm(grid, desc="PTQ grid", unit="config", mininterval=2.0):
