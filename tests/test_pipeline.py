@@ -20,6 +20,7 @@ from fgq_pipeline.cli.finetune import FINETUNED_WEIGHTS
 from fgq_pipeline.params import compose_config
 from fgq_pipeline.quant import quantize_model, reestimate_batchnorm
 from fgq_pipeline.seeding import seed_everything
+from fgq_pipeline.tasks.finetune import RUN_ID_KEY
 from fgq_pipeline.tasks.ptq_grid import finetune_quant_config
 
 RESUME_EPOCHS = 6  # several short epochs, so the kill lands mid-way
@@ -236,8 +237,8 @@ def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digi
     job.wait()
     assert job.returncode == -signal.SIGKILL, "the fine-tune finished before it could be killed"
     assert not (killed / "metrics.json").exists()
-    saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert saved_epoch < RESUME_EPOCHS - 1  # epochs count from 0
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["epoch"] < RESUME_EPOCHS - 1  # epochs count from 0
 
     resumed = tmp_path / "resumed"
     subprocess.run(cli("fgq-finetune") + settings + [f"hydra.run.dir={resumed}", f"finetune.resume_from={checkpoint}"],
@@ -247,3 +248,5 @@ def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digi
     final = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (whole, resumed)]
     assert final[0].keys() == final[1].keys()
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    (killed_run,) = [r for r in runs(tmp_path / "store.db", "fgq-digits") if r.info.run_id == saved[RUN_ID_KEY]]
+    assert killed_run.info.status == "KILLED"  # ended by the run that resumed it, not left RUNNING

@@ -26,7 +26,7 @@ from fgq_pipeline.tasks.prepare import prepare_data
 from fgq_pipeline.tasks.ptq_grid import ptq_grid, reconstruct_config
 from fgq_pipeline.tasks.ptq_grid_run import RESUMED_TAG
 from fgq_pipeline.tasks.ptq_progress import FinishedConfigs, grid_inputs, weights_digest
-from fgq_pipeline.tracking import PARENT_TAG, RunLog, end_killed_runs, tracking_uri, use_experiment
+from fgq_pipeline.tracking import PARENT_TAG, RunLog, end_interrupted_runs, parent_run_id, tracking_uri, use_experiment
 
 # cfg.quant (both repairs; nearest rounding and max calibration, the fast ones) at 2 group sizes x
 # 2 act bits: 4 configs, each weight-side repair shared by two, so a kill after the first leaves its
@@ -138,7 +138,7 @@ def test_new_reconstruct_settings_remeasure_the_reconstruct_rows_only(tmp_path):
     assert changed.load(reconstructed) is None
 
 
-def test_end_killed_runs_ends_only_the_interrupted_parent_and_its_runs_under_way(tmp_path, monkeypatch):
+def test_a_resuming_run_ends_only_the_interrupted_run_and_its_children_under_way(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
     client = MlflowClient(tracking_uri())
     experiment = use_experiment(client, "resume")
@@ -153,7 +153,9 @@ def test_end_killed_runs_ends_only_the_interrupted_parent_and_its_runs_under_way
     unrelated = start("another grid")
     resuming = RunLog(client, experiment, start("resuming grid"))
 
-    assert end_killed_runs(resuming, [measured, "0" * 32]) == [under_way, interrupted]  # 0...0: another store's
+    assert parent_run_id(resuming, measured) == interrupted
+    assert parent_run_id(resuming, "0" * 32) is None  # a run of another store
+    assert end_interrupted_runs(resuming, [interrupted, "0" * 32, None]) == [under_way, interrupted]
     statuses = {run: client.get_run(run).info.status for run in (interrupted, measured, under_way, unrelated)}
     assert statuses == {interrupted: "KILLED", measured: "FINISHED", under_way: "KILLED", unrelated: "RUNNING"}
-    assert end_killed_runs(resuming, [measured]) == []  # ended once
+    assert end_interrupted_runs(resuming, [interrupted, resuming.run_id]) == []  # ended once; never itself

@@ -140,31 +140,33 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         client.set_terminated(log.run_id, status)
 
 
-def end_killed_runs(log: RunLog, measured_by: Iterable[str]) -> list[str]:
-    """End as KILLED the parent runs of ``measured_by`` that are still RUNNING, and their children still
-    RUNNING: a process killed outright (SIGKILL, a session or machine going away) cannot end its own
-    runs, so the run that takes over their work (``measured_by``: runs whose results it resumes) does.
-    Returns the ids it ended."""
-    parents = set()
-    for run_id in measured_by:
-        try:
-            parent = log.client.get_run(run_id).data.tags.get(PARENT_TAG)
-        except MlflowException:  # measured in another store
-            continue
-        if parent and parent != log.run_id:
-            parents.add(parent)
+def parent_run_id(log: RunLog, run_id: str) -> str | None:
+    """The parent of run ``run_id``; None for a top-level run or a run this store does not hold."""
+    try:
+        return log.client.get_run(run_id).data.tags.get(PARENT_TAG)
+    except MlflowException:
+        return None
+
+
+def end_interrupted_runs(log: RunLog, run_ids: Iterable[str | None]) -> list[str]:
+    """End as KILLED those of ``run_ids`` still RUNNING, with their children still RUNNING: a process
+    killed outright (SIGKILL, a session or machine going away) cannot end its own runs, so the run that
+    takes over their work (``log``: a resumed grid or fine-tune) does. Returns the ids it ended."""
     ended = []
-    for parent_id in sorted(parents):
-        parent = log.client.get_run(parent_id)
-        if parent.info.status != "RUNNING":
+    for run_id in sorted({run_id for run_id in run_ids if run_id} - {log.run_id}):
+        try:
+            run = log.client.get_run(run_id)
+        except MlflowException:  # recorded by another store
+            continue
+        if run.info.status != "RUNNING":
             continue
         children = log.client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+            [run.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'",
         )
-        for run_id in [run.info.run_id for run in children] + [parent_id]:
-            log.client.set_terminated(run_id, "KILLED")
-            ended.append(run_id)
+        for killed in [child.info.run_id for child in children] + [run_id]:
+            log.client.set_terminated(killed, "KILLED")
+            ended.append(killed)
     return ended
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from ..builders import build_datamodule, build_model
 from ..models import load_weights, save_weights
 from ..project import resolve_path
 from ..quant import quantize_model, reestimate_batchnorm
 from ..seeding import seed_everything
-from ..tracking import RunLog
+from ..tracking import RunLog, end_interrupted_runs
 from ..train import ClassifierModule, evaluate, fit
 from .ptq import PostTrainingQuantizer, evaluation_loader
 from .ptq_grid import finetune_quant_config
@@ -21,18 +22,36 @@ from .records import result_record
 from .scoring import score
 
 
+RUN_ID_KEY = "mlflow_run_id"  # in each Lightning checkpoint: the run that wrote it
+
+
+class RecordRunInCheckpoints(Callback):
+    """Writes the MLflow run into every checkpoint, so the run that resumes one can end this run as
+    KILLED if its process was killed outright (it stays RUNNING otherwise)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RUN_ID_KEY] = self.run_id
+
+
 def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path,
                  split: str = "test") -> dict:
     """PTQ as initialisation, then Lightning fine-tuning with straight-through gradients,
     optionally distilling from the FP32 model it started from (``finetune.distill_weight``).
 
-    Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one. The
+    Lightning checkpoints go to ``checkpoint_dir``; ``cfg.finetune.resume_from`` continues one (and
+    ends the run that wrote it as KILLED where it was left RUNNING). The
     fine-tuned weights go to ``weights_path`` (the stage's tracked output, or a CLI job's run directory,
     so that a job never overwrites the pipeline's weights). Lightning's training curves go to ``log``.
     ``split``: what top-1 is measured on, per epoch and at the end: ``test`` (the stage), or
     ``holdout`` (a CLI job choosing settings: ``cfg.holdout_images`` training images left out of training).
     """
     quant = finetune_quant_config(cfg)
+    resume = resolve_path(cfg.finetune.resume_from) if cfg.finetune.get("resume_from") else None
+    if resume is not None:  # read first: a wrong path fails before the post-training quantization
+        end_interrupted_runs(log, [torch.load(resume, map_location="cpu", weights_only=True).get(RUN_ID_KEY)])
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
     if split == "holdout":  # choosing fine-tune settings: train without the holdout images, validate on them
@@ -50,9 +69,8 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     )
     # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is rewritten with it every epoch
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1)
-    resume = cfg.finetune.get("resume_from")
     fit(module, datamodule, epochs=cfg.finetune.epochs, log=log, default_root_dir=checkpoint_dir,
-        callbacks=[checkpoints], ckpt_path=str(resolve_path(resume)) if resume else None,
+        callbacks=[checkpoints, RecordRunInCheckpoints(log.run_id)], ckpt_path=str(resume) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     if settings.bn_reestimate_batches:
         # Training leaves each BatchNorm's running statistics as a momentum average of its last few

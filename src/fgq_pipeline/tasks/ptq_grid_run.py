@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ..project import write_json
-from ..tracking import RunLog, end_killed_runs
+from ..tracking import RunLog, end_interrupted_runs, parent_run_id
 from .ptq import PostTrainingQuantizer, fp32_reference
 from .ptq_grid import ptq_grid, quant_config
 from .ptq_progress import FinishedConfigs, grid_inputs
@@ -36,7 +36,8 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     entries = {quant: finished.load(quant) for quant in grid}
     resumed = sum(entry is not None for entry in entries.values())
     tqdm.write(f"PTQ grid: {resumed} of {len(grid)} configurations resumed from {finished.directory}")
-    killed = end_killed_runs(log, [entry["run_id"] for entry in entries.values() if entry is not None])
+    interrupted = {parent_run_id(log, entry["run_id"]) for entry in entries.values() if entry is not None}
+    killed = end_interrupted_runs(log, interrupted)
     if killed:
         tqdm.write(f"PTQ grid: {len(killed)} runs the interrupted grid left RUNNING marked KILLED in MLflow")
     log.set_tags({"resumed_configs": str(resumed)})
