@@ -111,7 +111,7 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
     for entry in entries:
         assert measured_by[entry["run_id"]].data.metrics["top1"] == entry["record"]["top1"]
     by_id = {r.info.run_id: r for r in store}
-    (interrupted,) = {by_id[entry["run_id"]].data.tags["mlflow.parentRunId"] for entry in entries}
+    (interrupted,) = {by_id[entry["run_id"]].data.tags[PARENT_TAG] for entry in entries}
     assert by_id[interrupted].info.status == "KILLED"
     assert [r.info.run_name for r in store if r.info.status == "RUNNING"] == []  # the config under way too
 

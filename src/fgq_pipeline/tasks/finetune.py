@@ -5,7 +5,6 @@ from __future__ import annotations
 from itertools import islice
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
@@ -25,15 +24,18 @@ from .scoring import score
 RUN_ID_KEY = "mlflow_run_id"  # in each Lightning checkpoint: the run that wrote it
 
 
-class RecordRunInCheckpoints(Callback):
-    """Writes the MLflow run into every checkpoint, so the run that resumes one can end this run as
-    KILLED if its process was killed outright (it stays RUNNING otherwise)."""
+class CheckpointRunLink(Callback):
+    """Writes the MLflow run into every checkpoint and, on resuming one, ends the run that wrote it as
+    KILLED where it was left RUNNING: a process killed outright cannot end its own run."""
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
+    def __init__(self, log: RunLog):
+        self.run_log = log  # not `log`: during fit Lightning sets each callback's `log` to the module's `log` method
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[RUN_ID_KEY] = self.run_id
+        checkpoint[RUN_ID_KEY] = self.run_log.run_id
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        end_interrupted_runs(self.run_log, [checkpoint.get(RUN_ID_KEY)])
 
 
 def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weights_path: Path,
@@ -49,9 +51,6 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     ``holdout`` (a CLI job choosing settings: ``cfg.holdout_images`` training images left out of training).
     """
     quant = finetune_quant_config(cfg)
-    resume = resolve_path(cfg.finetune.resume_from) if cfg.finetune.get("resume_from") else None
-    if resume is not None:  # read first: a wrong path fails before the post-training quantization
-        end_interrupted_runs(log, [torch.load(resume, map_location="cpu", weights_only=True).get(RUN_ID_KEY)])
     seed_everything(cfg.seed)
     datamodule = build_datamodule(cfg)
     if split == "holdout":  # choosing fine-tune settings: train without the holdout images, validate on them
@@ -69,8 +68,9 @@ def run_finetune(cfg: DictConfig, log: RunLog, checkpoint_dir: str | Path, weigh
     )
     # save_top_k=1 without a monitor keeps the latest epoch; last.ckpt is rewritten with it every epoch
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=1)
+    resume = cfg.finetune.get("resume_from")
     fit(module, datamodule, epochs=cfg.finetune.epochs, log=log, default_root_dir=checkpoint_dir,
-        callbacks=[checkpoints, RecordRunInCheckpoints(log.run_id)], ckpt_path=str(resume) if resume else None,
+        callbacks=[checkpoints, CheckpointRunLink(log)], ckpt_path=str(resolve_path(resume)) if resume else None,
         trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True))
     if settings.bn_reestimate_batches:
         # Training leaves each BatchNorm's running statistics as a momentum average of its last few
