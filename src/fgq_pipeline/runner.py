@@ -2,11 +2,15 @@
 tracked MLflow run with the parameters ``dvc.yaml`` declares for the stage, run the task with that
 run to log to, log its metrics and write them as JSON atomically. A config that fails validation
 opens no run; a failure during the run marks it FAILED and writes no metrics; a user error ends
-with one line and exit status 2."""
+with one line and exit status 2; Ctrl-C or SIGTERM (``kill``, a batch scheduler) ends the run, and any
+child run under way, as KILLED, and the process exits non-zero (143 for SIGTERM)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -36,13 +40,33 @@ def run_job(
     validate_config(cfg)
     params = stage_params(cfg, params_of or stage)
     name = run_name(cfg) if run_name else stage
-    with tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
+    with sigterm_as_exit(), tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
         with recording_config_reads(cfg, stage):
             metrics = task(cfg, log)
         log.log_metrics(metrics)
         if metrics_path is not None:
             log.log_artifact(write_json(metrics_path, metrics))
     return metrics
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit(143) while a job runs, so its MLflow runs end KILLED on the way
+    out instead of staying RUNNING (Python's default on SIGTERM is to die without unwinding).
+    Signal handlers belong to the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the runs' ending short
+    raise SystemExit(128 + signum)
 
 
 def run_stage(stage: str, task: Task, metrics_path_key: str | None = None) -> None:
