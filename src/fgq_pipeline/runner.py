@@ -7,10 +7,7 @@ child run under way, as KILLED, and the process exits non-zero (143 for SIGTERM)
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,6 +17,7 @@ from .config_reads import recording_config_reads
 from .dvc_stages import stage_params
 from .params import load_params
 from .project import write_json
+from .stop_signals import stop_signals_raise
 from .validation import exit_on_user_error, validate_config
 
 Task = Callable[[DictConfig, tracking.RunLog], dict]
@@ -40,33 +38,13 @@ def run_job(
     validate_config(cfg)
     params = stage_params(cfg, params_of or stage)
     name = run_name(cfg) if run_name else stage
-    with sigterm_as_exit(), tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
+    with stop_signals_raise(), tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
         with recording_config_reads(cfg, stage):
             metrics = task(cfg, log)
         log.log_metrics(metrics)
         if metrics_path is not None:
             log.log_artifact(write_json(metrics_path, metrics))
     return metrics
-
-
-@contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit(143) while a job runs, so its MLflow runs end KILLED on the way
-    out instead of staying RUNNING (Python's default on SIGTERM is to die without unwinding).
-    Signal handlers belong to the main thread; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the runs' ending short
-    raise SystemExit(128 + signum)
 
 
 def run_stage(stage: str, task: Task, metrics_path_key: str | None = None) -> None:
