@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -16,7 +17,7 @@ def write():
 '''
 
 
-def store_write(signum: int, events: list) -> callable:
+def store_write(signum: int, events: list) -> Callable[[], None]:
     """A stand-in for a write to the store: a function of an ``mlflow`` module that is signalled mid-way."""
     namespace = {"__name__": "mlflow.store_write_stand_in", "os": os, "time": time, "signum": signum, "events": events}
     exec(STORE_WRITE, namespace)

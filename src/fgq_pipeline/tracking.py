@@ -137,7 +137,7 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         log.log_params(flatten(params))
         yield log
         status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):  # stopped from outside: Ctrl-C, or SIGTERM (see runner)
+    except (KeyboardInterrupt, SystemExit):  # stopped from outside: Ctrl-C, or SIGTERM (see stop_signals)
         status = "KILLED"
         raise
     finally:
