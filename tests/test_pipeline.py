@@ -38,6 +38,14 @@ def test_tracked_run_that_raises_is_marked_failed(tmp_path, monkeypatch):
     assert run.data.tags["stage"] == "ptq"
 
 
+def test_tracked_run_stopped_from_outside_is_marked_killed_with_its_child(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.tracked_run("stopped", "ptq", {}) as log, log.child_run("ptq", {}, "config"):
+            raise KeyboardInterrupt
+    assert sorted(run.info.status for run in runs(tmp_path / "store.db", "stopped")) == ["KILLED", "KILLED"]
+
+
 @pytest.mark.slow
 @ON_SMOKE_PROJECT
 def test_dvc_repro_smoke_run_writes_the_report_for_the_whole_grid(smoke_project):
@@ -250,3 +258,23 @@ def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digi
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
     (killed_run,) = [r for r in runs(tmp_path / "store.db", "fgq-digits") if r.info.run_id == saved[RUN_ID_KEY]]
     assert killed_run.info.status == "KILLED"  # ended by the run that resumed it, not left RUNNING
+
+
+@ON_TRAINED_DIGITS
+def test_fine_tune_stopped_with_sigterm_ends_its_run_killed(trained_digits):
+    """SIGTERM (kill, a scheduler) mid-way through training: the process exits 143 and its MLflow run
+    ends KILLED instead of staying RUNNING."""
+    tmp_path, env, common = trained_digits
+    stopped = tmp_path / "sigterm"
+    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    job = subprocess.Popen(cli("fgq-finetune") + common[:-1] + [f"finetune.epochs={RESUME_EPOCHS}", f"hydra.run.dir={stopped}"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not checkpoint.exists() and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate()
+    assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not (stopped / "metrics.json").exists()
+    run_id = torch.load(checkpoint, weights_only=True)[RUN_ID_KEY]
+    (stopped_run,) = [r for r in runs(tmp_path / "store.db", "fgq-digits") if r.info.run_id == run_id]
+    assert stopped_run.info.status == "KILLED"

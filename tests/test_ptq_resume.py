@@ -116,6 +116,25 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
     assert [r.info.run_name for r in store if r.info.status == "RUNNING"] == []  # the config under way too
 
 
+def test_ptq_stage_stopped_with_sigterm_ends_the_grid_and_the_configuration_under_way_killed(ptq_project):
+    root, cfg = ptq_project
+    progress = root / cfg.paths.ptq_progress
+    job = subprocess.Popen(ptq_stage(), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not finished_entries(progress) and job.poll() is None:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate()
+    assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not (root / cfg.paths.ptq_results).exists()
+
+    store = runs(root / "store.db", cfg.mlflow.experiment)
+    (grid_run,) = [r for r in store if r.data.tags.get("stage") == "ptq" and PARENT_TAG not in r.data.tags]
+    children = [r for r in store if r.data.tags.get(PARENT_TAG) == grid_run.info.run_id]
+    assert grid_run.info.status == "KILLED"
+    assert children and {r.info.status for r in children} <= {"FINISHED", "KILLED"}  # the one under way KILLED
+    assert [r.info.run_name for r in store if r.info.status == "RUNNING"] == []
+
+
 @pytest.mark.parametrize("tensor", ["classifier.weight", "features.1.running_mean"])
 def test_weights_digest_follows_every_weight_and_buffer(tensor):
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 tracked MLflow run with the parameters ``dvc.yaml`` declares for the stage, run the task with that
 run to log to, log its metrics and write them as JSON atomically. A config that fails validation
 opens no run; a failure during the run marks it FAILED and writes no metrics; a user error ends
-with one line and exit status 2."""
+with one line and exit status 2; Ctrl-C or SIGTERM (``kill``, a batch scheduler) ends the run, and any
+child run under way, as KILLED, and the process exits non-zero (143 for SIGTERM)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .config_reads import recording_config_reads
 from .dvc_stages import stage_params
 from .params import load_params
 from .project import write_json
+from .stop_signals import stop_signals_raise
 from .validation import exit_on_user_error, validate_config
 
 Task = Callable[[DictConfig, tracking.RunLog], dict]
@@ -36,7 +38,7 @@ def run_job(
     validate_config(cfg)
     params = stage_params(cfg, params_of or stage)
     name = run_name(cfg) if run_name else stage
-    with tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
+    with stop_signals_raise(), tracking.tracked_run(cfg.mlflow.experiment, stage, params, name, parent_run_id) as log:
         with recording_config_reads(cfg, stage):
             metrics = task(cfg, log)
         log.log_metrics(metrics)

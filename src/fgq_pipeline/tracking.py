@@ -117,7 +117,8 @@ class RunLog:
 def tracked_run(
     experiment: str, stage: str, params: Mapping, run_name: str | None = None, parent_run_id: str | None = None,
 ) -> Iterator[RunLog]:
-    """A run tagged with stage, git commit and params hash; FINISHED, or FAILED if the body raises."""
+    """A run tagged with stage, git commit and params hash; FINISHED, FAILED if the body raises, KILLED
+    if the process is stopped (KeyboardInterrupt or SystemExit inside the run)."""
     client = MlflowClient(tracking_uri())
     with _run(client, use_experiment(client, experiment), stage, params, run_name or stage, parent_run_id) as log:
         yield log
@@ -136,6 +137,9 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         log.log_params(flatten(params))
         yield log
         status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # stopped from outside: Ctrl-C, or SIGTERM (see stop_signals)
+        status = "KILLED"
+        raise
     finally:
         client.set_terminated(log.run_id, status)
 
