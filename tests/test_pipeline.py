@@ -137,6 +137,25 @@ def test_hydra_multirun_writes_metrics_per_job_grouped_under_one_parent_run(trai
     assert sorted(r.data.metrics["top1"] for r in jobs) == sorted(m["top1"] for m in metrics)
 
 
+@ON_TRAINED_DIGITS
+def test_hydra_multirun_stopped_with_sigterm_ends_its_parent_run_and_the_job_under_way_killed(trained_digits):
+    tmp_path, env, common = trained_digits
+    sweep = tmp_path / "stopped_sweep"
+    job = subprocess.Popen(
+        cli("fgq-finetune") + ["-m", f"finetune.epochs={RESUME_EPOCHS}", "seed=0,1", f"hydra.sweep.dir={sweep}"] + common[:-1],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    while not list(sweep.glob("*/checkpoints/last.ckpt")) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate()
+    assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    all_runs = runs(tmp_path / "store.db", "fgq-digits")
+    (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
+    (stopped,) = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert (parent.info.status, stopped.info.status) == ("KILLED", "KILLED")
+
+
 @pytest.mark.slow
 @ON_TRAINED_DIGITS
 def test_parallel_sweep_of_six_jobs_on_two_workers_loses_nothing(parallel_sweep):

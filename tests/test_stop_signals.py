@@ -42,3 +42,12 @@ def test_handlers_are_restored_after_the_block():
     with stop_signals_raise():
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_an_exit_without_status_after_a_sigterm_exits_143():
+    """Lightning answers SIGTERM during a fit with its own SystemExit, which carries no status."""
+    with pytest.raises(SystemExit) as stop:
+        with stop_signals_raise():
+            store_write(signal.SIGTERM, [])()
+            raise SystemExit
+    assert stop.value.code == 128 + signal.SIGTERM

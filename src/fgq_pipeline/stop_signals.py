@@ -2,9 +2,10 @@
 
 Python's default on SIGTERM (``kill``, a batch scheduler's time limit) is to die without unwinding,
 which leaves the runs RUNNING. Here SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt, but
-never inside a write to the tracking store: an exception raised in the middle of an SQLite
-transaction leaves the database locked for the very write that ends the run. A signal that lands
-there is sent again a moment later, once the write is done.
+never while the tracking store is being written or a run ended (an exception in the middle of an
+SQLite transaction leaves the database locked for the write that ends the run): a signal that lands
+there is sent again a moment later. Lightning, during a fit, also answers SIGTERM, with an exit that
+carries no status; the job still exits 143.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from contextlib import contextmanager
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3")  # frames of a write to the tracking store
+# Code a stop must not interrupt: writes to the tracking store, and the ending of runs.
+STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "fgq_pipeline.tracking")
 RETRY_SECONDS = 0.05
 
 
@@ -28,27 +30,51 @@ def stop_signals_raise() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _raise_stop) for signum in STOP_SIGNALS}
+    stop = _StopRequest()
+    previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
     try:
         yield
+    except SystemExit as exit_:
+        if stop.signum == signal.SIGTERM and not exit_.code:
+            raise SystemExit(128 + signal.SIGTERM) from exit_
+        raise
     finally:
+        stop.cancel_retry()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    if _inside_store_write(frame):
-        threading.Timer(RETRY_SECONDS, os.kill, (os.getpid(), signum)).start()
-        return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the runs' ending short
-    raise SystemExit(128 + signum)
+class _StopRequest:
+    """The stop signal received, raised once, outside store writes."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raised = False
+        self.retry: threading.Timer | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        if self.raised:  # already on the way out
+            return
+        if _inside_store_write(frame):
+            self.cancel_retry()
+            self.retry = threading.Timer(RETRY_SECONDS, os.kill, (os.getpid(), signum))
+            self.retry.start()
+            return
+        self.raised = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def cancel_retry(self) -> None:
+        if self.retry is not None:
+            self.retry.cancel()
 
 
 def _inside_store_write(frame: FrameType | None) -> bool:
     while frame is not None:
-        if frame.f_globals.get("__name__", "").partition(".")[0] in STORE_MODULES:
+        name = frame.f_globals.get("__name__", "")
+        if any(name == module or name.startswith(module + ".") for module in STORE_MODULES):
             return True
         frame = frame.f_back
     return False

@@ -32,11 +32,15 @@ def hydra_app(program: str, stage: str, task: Task,
     @exit_on_user_error(program)
     def main(cfg: DictConfig) -> float | None:
         hydra_cfg = HydraConfig.get()
-        parent = None
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            parent = tracking.sweep_parent_run_id(Path(hydra_cfg.sweep.dir))
-        metrics = run_job(cfg, program, task, metrics_path=job_dir() / METRICS_FILE, run_name=run_name,
-                          parent_run_id=parent, params_of=stage)
+        sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+        parent = tracking.sweep_parent_run_id(sweep_dir) if sweep_dir else None
+        try:
+            metrics = run_job(cfg, program, task, metrics_path=job_dir() / METRICS_FILE, run_name=run_name,
+                              parent_run_id=parent, params_of=stage)
+        except (KeyboardInterrupt, SystemExit):  # the sweep is stopped: its end hook will not run
+            if sweep_dir:
+                tracking.end_parent_run(sweep_dir, "KILLED")
+            raise
         return metrics.get("top1")  # the value a Hydra sweeper optimises
 
     return main
