@@ -6,6 +6,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def signal_when(job: subprocess.Popen, ready: Callable[[], object], signum: int) -> str:
+    """Send ``signum`` to ``job`` once ``ready()`` holds (or the job has ended); wait for it to exit and
+    return its stderr (empty unless piped)."""
+    while not ready() and job.poll() is None:
+        time.sleep(0.02)
+    job.send_signal(signum)
+    _, stderr = job.communicate()
+    return stderr or ""
 
 
 def runs(store: Path, experiment: str):

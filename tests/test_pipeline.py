@@ -4,13 +4,12 @@ import json
 import math
 import signal
 import subprocess
-import time
 from itertools import islice
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ON_SMOKE_PROJECT, ON_TRAINED_DIGITS, cli, runs
+from conftest import ON_SMOKE_PROJECT, ON_TRAINED_DIGITS, cli, runs, signal_when
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -145,10 +144,7 @@ def test_hydra_multirun_stopped_with_sigterm_ends_its_parent_run_and_the_job_und
         cli("fgq-finetune") + ["-m", f"finetune.epochs={RESUME_EPOCHS}", "seed=0,1", f"hydra.sweep.dir={sweep}"] + common[:-1],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    while not list(sweep.glob("*/checkpoints/last.ckpt")) and job.poll() is None:
-        time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate()
+    stderr = signal_when(job, lambda: list(sweep.glob("*/checkpoints/last.ckpt")), signal.SIGTERM)
     assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     all_runs = runs(tmp_path / "store.db", "fgq-digits")
     (parent,) = [r for r in all_runs if r.info.run_id == tracking.sweep_parent_run_id(sweep)]
@@ -258,10 +254,7 @@ def test_fine_tune_killed_mid_way_resumes_to_the_same_final_metrics(trained_digi
     checkpoint = killed / "checkpoints" / "last.ckpt"
     job = subprocess.Popen(cli("fgq-finetune") + settings + [f"hydra.run.dir={killed}"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not checkpoint.exists() and job.poll() is None:
-        time.sleep(0.05)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+    signal_when(job, checkpoint.exists, signal.SIGKILL)
     assert job.returncode == -signal.SIGKILL, "the fine-tune finished before it could be killed"
     assert not (killed / "metrics.json").exists()
     saved = torch.load(checkpoint, weights_only=True)
@@ -288,10 +281,7 @@ def test_fine_tune_stopped_with_sigterm_ends_its_run_killed(trained_digits):
     checkpoint = stopped / "checkpoints" / "last.ckpt"
     job = subprocess.Popen(cli("fgq-finetune") + common[:-1] + [f"finetune.epochs={RESUME_EPOCHS}", f"hydra.run.dir={stopped}"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while not checkpoint.exists() and job.poll() is None:
-        time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate()
+    stderr = signal_when(job, checkpoint.exists, signal.SIGTERM)
     assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert not (stopped / "metrics.json").exists()
     run_id = torch.load(checkpoint, weights_only=True)[RUN_ID_KEY]

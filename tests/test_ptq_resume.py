@@ -7,11 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import REPO, runs
+from conftest import REPO, runs, signal_when
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -81,10 +80,7 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
         path.unlink()
 
     job = subprocess.Popen(ptq_stage(), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not finished_entries(progress) and job.poll() is None:
-        time.sleep(0.02)
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+    signal_when(job, lambda: finished_entries(progress), signal.SIGKILL)
     assert job.returncode == -signal.SIGKILL, "the grid finished before it could be killed"
     entries = [json.loads(path.read_text()) for path in finished_entries(progress)]
     assert 1 <= len(entries) < len(grid)
@@ -120,10 +116,7 @@ def test_ptq_stage_stopped_with_sigterm_ends_the_grid_and_the_configuration_unde
     root, cfg = ptq_project
     progress = root / cfg.paths.ptq_progress
     job = subprocess.Popen(ptq_stage(), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while not finished_entries(progress) and job.poll() is None:
-        time.sleep(0.02)
-    job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate()
+    stderr = signal_when(job, lambda: finished_entries(progress), signal.SIGTERM)
     assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert not (root / cfg.paths.ptq_results).exists()
 
