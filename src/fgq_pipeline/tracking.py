@@ -19,11 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .project import project_root
+
+RUNNING, FINISHED, FAILED, KILLED = (RunStatus.to_string(status) for status in (
+    RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
 
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -132,13 +135,13 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         tags[PARENT_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     log = RunLog(client, experiment_id, run.info.run_id)
-    status = "FAILED"
+    status = FAILED
     try:
         log.log_params(flatten(params))
         yield log
-        status = "FINISHED"
+        status = FINISHED
     except (KeyboardInterrupt, SystemExit):  # stopped from outside: Ctrl-C, or SIGTERM (see stop_signals)
-        status = "KILLED"
+        status = KILLED
         raise
     finally:
         client.set_terminated(log.run_id, status)
@@ -162,14 +165,14 @@ def end_interrupted_runs(log: RunLog, run_ids: Iterable[str | None]) -> list[str
             run = log.client.get_run(run_id)
         except MlflowException:  # recorded by another store
             continue
-        if run.info.status != "RUNNING":
+        if run.info.status != RUNNING:
             continue
         children = log.client.search_runs(
             [run.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = '{RUNNING}'",
         )
         for killed in [child.info.run_id for child in children] + [run_id]:
-            log.client.set_terminated(killed, "KILLED")
+            log.client.set_terminated(killed, KILLED)
             ended.append(killed)
     return ended
 
@@ -189,7 +192,7 @@ def sweep_parent_run_id(sweep_dir: Path) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-def end_parent_run(sweep_dir: Path, status: str = "FINISHED") -> None:
+def end_parent_run(sweep_dir: Path, status: str = FINISHED) -> None:
     run_id = sweep_parent_run_id(sweep_dir)
     if run_id:
         MlflowClient(tracking_uri()).set_terminated(run_id, status)

@@ -39,7 +39,7 @@ def hydra_app(program: str, stage: str, task: Task,
                               parent_run_id=parent, params_of=stage)
         except (KeyboardInterrupt, SystemExit):  # the sweep is stopped: its end hook will not run
             if sweep_dir:
-                tracking.end_parent_run(sweep_dir, "KILLED")
+                tracking.end_parent_run(sweep_dir, tracking.KILLED)
             raise
         return metrics.get("top1")  # the value a Hydra sweeper optimises
 
