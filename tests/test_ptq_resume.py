@@ -24,8 +24,8 @@ from fgq_pipeline.tasks.baseline import train_baseline
 from fgq_pipeline.tasks.prepare import prepare_data
 from fgq_pipeline.tasks.ptq_grid import ptq_grid, reconstruct_config
 from fgq_pipeline.tasks.ptq_grid_run import RESUMED_TAG
-from fgq_pipeline.tasks.ptq_progress import FinishedConfigs, grid_inputs, weights_digest
-from fgq_pipeline.tracking import PARENT_TAG, RunLog, end_interrupted_runs, parent_run_id, tracking_uri, use_experiment
+from fgq_pipeline.tasks.ptq_progress import GRID_RUN_SUFFIX, FinishedConfigs, grid_inputs, weights_digest
+from fgq_pipeline.tracking import PARENT_TAG, RunLog, end_interrupted_runs, tracking_uri, use_experiment
 
 # cfg.quant (both repairs; nearest rounding and max calibration, the fast ones) at 2 group sizes x
 # 2 act bits: 4 configs, each weight-side repair shared by two, so a kill after the first leaves its
@@ -112,6 +112,23 @@ def test_ptq_stage_killed_mid_grid_resumes_to_the_results_of_an_uninterrupted_ru
     assert [r.info.run_name for r in store if r.info.status == "RUNNING"] == []  # the config under way too
 
 
+def test_a_grid_killed_before_its_first_configuration_finished_is_ended_by_the_rerun(ptq_project):
+    root, cfg = ptq_project
+    progress = root / cfg.paths.ptq_progress
+    job = subprocess.Popen(ptq_stage(), cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    signal_when(job, lambda: list(progress.glob(f"*/*{GRID_RUN_SUFFIX}")), signal.SIGKILL)
+    assert job.returncode == -signal.SIGKILL, "the grid finished before it could be killed"
+    assert finished_entries(progress) == [], "a configuration finished before the kill"
+    (killed_grid,) = [r for r in runs(root / "store.db", cfg.mlflow.experiment) if r.info.status == "RUNNING"]
+
+    log = run_ptq_stage(root)
+    assert "PTQ grid: 0 of 4 configurations resumed" in log
+    store = {r.info.run_id: r for r in runs(root / "store.db", cfg.mlflow.experiment)}
+    assert store[killed_grid.info.run_id].info.status == "KILLED"
+    assert [r.info.run_name for r in store.values() if r.info.status == "RUNNING"] == []
+    assert not progress.exists()
+
+
 def test_ptq_stage_stopped_with_sigterm_ends_the_grid_and_the_configuration_under_way_killed(ptq_project):
     root, cfg = ptq_project
     progress = root / cfg.paths.ptq_progress
@@ -165,8 +182,6 @@ def test_a_resuming_run_ends_only_the_interrupted_run_and_its_children_under_way
     unrelated = start("another grid")
     resuming = RunLog(client, experiment, start("resuming grid"))
 
-    assert parent_run_id(resuming, measured) == interrupted
-    assert parent_run_id(resuming, "0" * 32) is None  # a run of another store
     assert end_interrupted_runs(resuming, [interrupted, "0" * 32, None]) == [under_way, interrupted]
     statuses = {run: client.get_run(run).info.status for run in (interrupted, measured, under_way, unrelated)}
     assert statuses == {interrupted: "KILLED", measured: "FINISHED", under_way: "KILLED", unrelated: "RUNNING"}

@@ -147,14 +147,6 @@ def _run(client: MlflowClient, experiment_id: str, stage: str, params: Mapping, 
         client.set_terminated(log.run_id, status)
 
 
-def parent_run_id(log: RunLog, run_id: str) -> str | None:
-    """The parent of run ``run_id``; None for a top-level run or a run this store does not hold."""
-    try:
-        return log.client.get_run(run_id).data.tags.get(PARENT_TAG)
-    except MlflowException:
-        return None
-
-
 def end_interrupted_runs(log: RunLog, run_ids: Iterable[str | None]) -> list[str]:
     """End as KILLED those of ``run_ids`` still RUNNING, with their children still RUNNING: a process
     killed outright (SIGKILL, a session or machine going away) cannot end its own runs, so the run that

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from ..project import write_json
-from ..tracking import RunLog, end_interrupted_runs, parent_run_id
+from ..tracking import RunLog, end_interrupted_runs
 from .ptq import PostTrainingQuantizer, fp32_reference
 from .ptq_grid import ptq_grid, quant_config
 from .ptq_progress import FinishedConfigs, grid_inputs
@@ -27,7 +27,8 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
 
     A config finished by an earlier, interrupted run with the same inputs (kept under ``progress``)
     is not measured again: its child run carries that run's metrics and a ``resumed_from`` tag, and
-    the interrupted run, with its configuration under way, is ended as KILLED in MLflow.
+    the interrupted run, with its configuration under way, is ended as KILLED in MLflow (also one
+    killed before it finished any configuration).
     """
     datamodule, model, fp32_top1 = fp32_reference(cfg)
     quantizer = PostTrainingQuantizer(cfg, model, datamodule, log)
@@ -36,8 +37,8 @@ def run_ptq_grid(cfg: DictConfig, log: RunLog, results: Path, progress: Path) ->
     entries = {quant: finished.load(quant) for quant in grid}
     resumed = sum(entry is not None for entry in entries.values())
     tqdm.write(f"PTQ grid: {resumed} of {len(grid)} configurations resumed from {finished.directory}")
-    interrupted = {parent_run_id(log, entry["run_id"]) for entry in entries.values() if entry is not None}
-    killed = end_interrupted_runs(log, interrupted)
+    killed = end_interrupted_runs(log, finished.grid_runs())
+    finished.add_grid_run(log.run_id)
     if killed:
         tqdm.write(f"PTQ grid: {len(killed)} runs the interrupted grid left RUNNING marked KILLED in MLflow")
     log.set_tags({"resumed_configs": str(resumed)})

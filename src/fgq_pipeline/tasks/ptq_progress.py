@@ -75,9 +75,13 @@ def grid_inputs(cfg: DictConfig, fp32_model: torch.nn.Module) -> dict:
     }
 
 
+GRID_RUN_SUFFIX = ".grid-run"  # ``<run id>.grid-run``: a grid run that has worked on these inputs
+
+
 class FinishedConfigs:
     """``<store>/<digest of the inputs>/<digest of the config>.json``: a record and the MLflow run
-    that measured it."""
+    that measured it; beside them, an empty ``<run id>.grid-run`` for each grid run that started on
+    these inputs."""
 
     def __init__(self, store: Path, inputs: dict, reconstruct: ReconstructConfig):
         self.directory, self.reconstruct = store / digest(inputs), reconstruct
@@ -93,6 +97,16 @@ class FinishedConfigs:
 
     def save(self, quant: QuantConfig, record: dict, run_id: str) -> None:
         write_json(self._entry(quant), {"quant": quant.to_dict(), "record": record, "run_id": run_id})
+
+    def grid_runs(self) -> set[str]:
+        """The MLflow runs of the grids that started on these inputs, finished configurations or not."""
+        return {path.name.removesuffix(GRID_RUN_SUFFIX) for path in self.directory.glob(f"*{GRID_RUN_SUFFIX}")}
+
+    def add_grid_run(self, run_id: str) -> None:
+        """Note a grid run before it measures anything, so a rerun can end it even if it is killed
+        outright before its first configuration finishes."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{run_id}{GRID_RUN_SUFFIX}").touch()
 
     def discard(self) -> None:
         """Forget these inputs' entries once the grid's results are written, so a rerun measures afresh;
