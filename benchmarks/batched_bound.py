@@ -10,7 +10,12 @@ every candidate interleaved in one process, medians.
 * the ceilings of ``bench/ceilings.py`` (the pair kernel's ``vpdpbusd`` chains and float updates, operands
   in registers), on this host;
 * the kernel on the first 64 to all of the reduction's quads (the weights a tile pair streams per row
-  step, from L1-sized to L2-sized).
+  step, from L1-sized to L2-sized), with the marginal rate of each step up: the cost per quad with the
+  weights in L1 or L2, apart from the per-step epilogue;
+* the pair kernel's inner loop alone (the same loads: 2 weight vectors and 6 broadcast input quads per 12
+  ``vpdpbusd``) over 64 quads that stay in L1, repeated without an epilogue, and the same loop with the
+  input quads in registers: what the loop's own loads cost against the in-register ceiling, with no
+  cache miss and no group end.
 
     python benchmarks/batched_bound.py                  # ResNet-50 layer4.1.conv2 at batch 64
 """
@@ -99,6 +104,52 @@ def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, a
                     store_floats(out_flat, row * width + t * TILE, affine(total, act_scale, bias, t * TILE))
 
 
+L1_QUADS = 64  # 8 KB of a tile pair's weights and 6 rows' quads: L1-resident
+UNIT_SCALES = np.ones(TILE, dtype=np.float32)
+
+
+@njit(cache=True)
+def l1_pair_loop(x_flat, row_starts, quad_offsets, w, v, repeats, out):
+    """The pair kernel's inner loop (its loads and 12 ``dot4`` per quad) ``repeats`` times over the
+    L1_QUADS quads of ``quad_offsets``, the 12 sums carried on and stored once."""
+    x0, x1, x2, x3, x4, x5 = row_starts[0], row_starts[1], row_starts[2], row_starts[3], row_starts[4], row_starts[5]
+    a0, a1, a2, a3, a4, a5 = _zero_rows()
+    b0, b1, b2, b3, b4, b5 = _zero_rows()
+    for _ in range(repeats):
+        for q in range(np.uint64(0), np.uint64(L1_QUADS)):
+            wq, vq, j = load_bytes(w, q * QUAD_BYTES), load_bytes(v, q * QUAD_BYTES), quad_offsets[q]
+            i0, i1, i2 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j), broadcast_quad(x_flat, x2 + j)
+            i3, i4, i5 = broadcast_quad(x_flat, x3 + j), broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j)
+            a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
+            a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
+            b0, b1, b2 = dot4(b0, i0, vq), dot4(b1, i1, vq), dot4(b2, i2, vq)
+            b3, b4, b5 = dot4(b3, i3, vq), dot4(b4, i4, vq), dot4(b5, i5, vq)
+    for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5)):
+        store_floats(out, i * TILE, add_scaled(float_zeros(), sums, UNIT_SCALES, 0))
+
+
+@njit(cache=True)
+def l1_pair_loop_inputs_in_registers(x_flat, row_starts, quad_offsets, w, v, repeats, out):
+    """``l1_pair_loop`` with the 6 rows' input quads broadcast once, before the loop: only the two
+    weight vectors are loaded per quad."""
+    j = quad_offsets[0]
+    i0, i1, i2 = broadcast_quad(x_flat, row_starts[0] + j), broadcast_quad(x_flat, row_starts[1] + j), \
+        broadcast_quad(x_flat, row_starts[2] + j)
+    i3, i4, i5 = broadcast_quad(x_flat, row_starts[3] + j), broadcast_quad(x_flat, row_starts[4] + j), \
+        broadcast_quad(x_flat, row_starts[5] + j)
+    a0, a1, a2, a3, a4, a5 = _zero_rows()
+    b0, b1, b2, b3, b4, b5 = _zero_rows()
+    for _ in range(repeats):
+        for q in range(np.uint64(0), np.uint64(L1_QUADS)):
+            wq, vq = load_bytes(w, q * QUAD_BYTES), load_bytes(v, q * QUAD_BYTES)
+            a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
+            a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
+            b0, b1, b2 = dot4(b0, i0, vq), dot4(b1, i1, vq), dot4(b2, i2, vq)
+            b3, b4, b5 = dot4(b3, i3, vq), dot4(b4, i4, vq), dot4(b5, i5, vq)
+    for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5)):
+        store_floats(out, i * TILE, add_scaled(float_zeros(), sums, UNIT_SCALES, 0))
+
+
 def _int8_scale_conv(name: str, channels: int, size: int, batch: int, group_size: int):
     """A packed 3x3 conv of the workload's shape (ternary N=``group_size``, int8 scales) and a ReLU'd input."""
     generator = torch.Generator().manual_seed(0)
@@ -163,15 +214,34 @@ def main() -> None:
     for label, rate in kernel_ceilings().items():
         print(f"  {label:36s} {rate:7.1f} G MAC/s")
     quads = tiled.weights.shape[1]
+    l1_weights = [np.ascontiguousarray(tiled.weights[t, :L1_QUADS]).ravel() for t in (0, 1)]
+    l1_offsets, l1_out = np.ascontiguousarray(quad_offsets[:L1_QUADS]), np.empty(12 * TILE, dtype=np.float32)
+    repeats = quads * row_starts.shape[0] // (6 * L1_QUADS)  # as many dot4 per call as one tile pair's share
+    l1_loops = {
+        "its loads (2 weight vectors, 6 input broadcasts)": l1_pair_loop,
+        "the weight loads only (inputs in registers)": l1_pair_loop_inputs_in_registers,
+    }
+    l1_calls = {label: lambda loop=loop: loop(x_flat, row_starts[:6], l1_offsets, *l1_weights, repeats, l1_out)
+                for label, loop in l1_loops.items()}
+    l1_macs = repeats * L1_QUADS * 12 * TILE * 4
+    print(f"the pair kernel's inner loop on {L1_QUADS} L1-resident quads, repeated, no epilogue:")
+    for label, ms in _median_ms(l1_calls, args.rounds).items():
+        print(f"  {label:50s} {ms:8.3f} ms  {l1_macs / ms / 1e6:7.1f} G MAC/s")
     depths = {}
     for depth in (64, 128, 256, 512, quads):
         weights = np.ascontiguousarray(tiled.weights[:, :depth])
         offsets, group_ends = np.ascontiguousarray(quad_offsets[:depth]), np.array([depth], dtype=np.int64)
         depths[depth] = lambda w=weights, o=offsets, g=group_ends: pair(w, o, g)
-    print("pair kernel on the first quads of the reduction (a tile pair's weights per row step):")
+    print("pair kernel on the first quads of the reduction (a tile pair's weights per row step); the marginal\n"
+          "rate is that of the quads added since the previous line, without the per-step epilogue both share:")
+    macs_per_quad = row_starts.shape[0] * tiled.weights.shape[0] * TILE * 4
+    previous = None
     for depth, ms in _median_ms(depths, args.rounds).items():
-        macs = row_starts.shape[0] * tiled.weights.shape[0] * TILE * depth * 4
-        print(f"  {depth:5d} quads ({2 * depth * 64 / 1024:6.1f} KB)  {ms:8.3f} ms  {macs / ms / 1e6:7.1f} G MAC/s")
+        marginal = "" if previous is None else \
+            f"  marginal {(depth - previous[0]) * macs_per_quad / (ms - previous[1]) / 1e6:7.1f} G MAC/s"
+        print(f"  {depth:5d} quads ({2 * depth * 64 / 1024:6.1f} KB)  {ms:8.3f} ms  "
+              f"{depth * macs_per_quad / ms / 1e6:7.1f} G MAC/s{marginal}")
+        previous = depth, ms
 
 
 if __name__ == "__main__":
