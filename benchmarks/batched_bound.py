@@ -72,6 +72,14 @@ def _dot_rows(sums, quads, weights):
             dot4(sums[3], quads[3], weights), dot4(sums[4], quads[4], weights), dot4(sums[5], quads[5], weights))
 
 
+@njit
+def _row_quads(x_flat, starts, offset):
+    """The quad at ``offset`` of each of 6 rows (``starts``), broadcast to every lane."""
+    return (broadcast_quad(x_flat, starts[0] + offset), broadcast_quad(x_flat, starts[1] + offset),
+            broadcast_quad(x_flat, starts[2] + offset), broadcast_quad(x_flat, starts[3] + offset),
+            broadcast_quad(x_flat, starts[4] + offset), broadcast_quad(x_flat, starts[5] + offset))
+
+
 @njit(cache=True, parallel=True)
 def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, act_scale, out):
     """``batched_kernel`` for one group per filter and unsigned inputs, 4 tiles x 6 rows per step."""
@@ -89,10 +97,7 @@ def wide_block_kernel(x_flat, row_starts, quad_offsets, weights, scales, bias, a
             x4, x5 = row_starts[min(r + 4, rows - 1)], row_starts[min(r + 5, rows - 1)]
             a, b, c, d = _zero_rows(), _zero_rows(), _zero_rows(), _zero_rows()
             for q in range(np.uint64(0), np.uint64(quads)):
-                j = quad_offsets[q]
-                quads_in = (broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j),
-                            broadcast_quad(x_flat, x2 + j), broadcast_quad(x_flat, x3 + j),
-                            broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j))
+                quads_in = _row_quads(x_flat, (x0, x1, x2, x3, x4, x5), quad_offsets[q])
                 a = _dot_rows(a, quads_in, load_bytes(w0, q * QUAD_BYTES))
                 b = _dot_rows(b, quads_in, load_bytes(w1, q * QUAD_BYTES))
                 c = _dot_rows(c, quads_in, load_bytes(w2, q * QUAD_BYTES))
@@ -108,46 +113,37 @@ L1_QUADS = 64  # 8 KB of a tile pair's weights and 6 rows' quads: L1-resident
 UNIT_SCALES = np.ones(TILE, dtype=np.float32)
 
 
+@njit
+def _store_sums(sums, out):
+    """Each int32 sum as fp32, one tile after another: nothing the loops compute is dead code."""
+    for i, tile_sums in enumerate(sums):
+        store_floats(out, i * TILE, add_scaled(float_zeros(), tile_sums, UNIT_SCALES, 0))
+
+
 @njit(cache=True)
 def l1_pair_loop(x_flat, row_starts, quad_offsets, w, v, repeats, out):
     """The pair kernel's inner loop (its loads and 12 ``dot4`` per quad) ``repeats`` times over the
     L1_QUADS quads of ``quad_offsets``, the 12 sums carried on and stored once."""
-    x0, x1, x2, x3, x4, x5 = row_starts[0], row_starts[1], row_starts[2], row_starts[3], row_starts[4], row_starts[5]
-    a0, a1, a2, a3, a4, a5 = _zero_rows()
-    b0, b1, b2, b3, b4, b5 = _zero_rows()
+    a, b = _zero_rows(), _zero_rows()
     for _ in range(repeats):
         for q in range(np.uint64(0), np.uint64(L1_QUADS)):
-            wq, vq, j = load_bytes(w, q * QUAD_BYTES), load_bytes(v, q * QUAD_BYTES), quad_offsets[q]
-            i0, i1, i2 = broadcast_quad(x_flat, x0 + j), broadcast_quad(x_flat, x1 + j), broadcast_quad(x_flat, x2 + j)
-            i3, i4, i5 = broadcast_quad(x_flat, x3 + j), broadcast_quad(x_flat, x4 + j), broadcast_quad(x_flat, x5 + j)
-            a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
-            a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
-            b0, b1, b2 = dot4(b0, i0, vq), dot4(b1, i1, vq), dot4(b2, i2, vq)
-            b3, b4, b5 = dot4(b3, i3, vq), dot4(b4, i4, vq), dot4(b5, i5, vq)
-    for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5)):
-        store_floats(out, i * TILE, add_scaled(float_zeros(), sums, UNIT_SCALES, 0))
+            quads = _row_quads(x_flat, row_starts, quad_offsets[q])
+            a = _dot_rows(a, quads, load_bytes(w, q * QUAD_BYTES))
+            b = _dot_rows(b, quads, load_bytes(v, q * QUAD_BYTES))
+    _store_sums(a + b, out)
 
 
 @njit(cache=True)
 def l1_pair_loop_inputs_in_registers(x_flat, row_starts, quad_offsets, w, v, repeats, out):
     """``l1_pair_loop`` with the 6 rows' input quads broadcast once, before the loop: only the two
     weight vectors are loaded per quad."""
-    j = quad_offsets[0]
-    i0, i1, i2 = broadcast_quad(x_flat, row_starts[0] + j), broadcast_quad(x_flat, row_starts[1] + j), \
-        broadcast_quad(x_flat, row_starts[2] + j)
-    i3, i4, i5 = broadcast_quad(x_flat, row_starts[3] + j), broadcast_quad(x_flat, row_starts[4] + j), \
-        broadcast_quad(x_flat, row_starts[5] + j)
-    a0, a1, a2, a3, a4, a5 = _zero_rows()
-    b0, b1, b2, b3, b4, b5 = _zero_rows()
+    quads = _row_quads(x_flat, row_starts, quad_offsets[0])
+    a, b = _zero_rows(), _zero_rows()
     for _ in range(repeats):
         for q in range(np.uint64(0), np.uint64(L1_QUADS)):
-            wq, vq = load_bytes(w, q * QUAD_BYTES), load_bytes(v, q * QUAD_BYTES)
-            a0, a1, a2 = dot4(a0, i0, wq), dot4(a1, i1, wq), dot4(a2, i2, wq)
-            a3, a4, a5 = dot4(a3, i3, wq), dot4(a4, i4, wq), dot4(a5, i5, wq)
-            b0, b1, b2 = dot4(b0, i0, vq), dot4(b1, i1, vq), dot4(b2, i2, vq)
-            b3, b4, b5 = dot4(b3, i3, vq), dot4(b4, i4, vq), dot4(b5, i5, vq)
-    for i, sums in enumerate((a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5)):
-        store_floats(out, i * TILE, add_scaled(float_zeros(), sums, UNIT_SCALES, 0))
+            a = _dot_rows(a, quads, load_bytes(w, q * QUAD_BYTES))
+            b = _dot_rows(b, quads, load_bytes(v, q * QUAD_BYTES))
+    _store_sums(a + b, out)
 
 
 def _int8_scale_conv(name: str, channels: int, size: int, batch: int, group_size: int):
